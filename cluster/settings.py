@@ -1,0 +1,218 @@
+"""One settings model for the whole platform.
+
+Precedence, highest first: keyword overrides (CLI flags, tests) > ``DATAPUNK_*``
+environment variables (nested keys with ``__``: ``DATAPUNK_GATEWAY__PORT=8001``) >
+``configs/datapunk.yaml`` (or the file named by ``DATAPUNK_CONFIG``) > defaults.
+
+A URL left unset means the embedded default for that adapter: SQLite for the
+platform DB, an in-process store for the cache, an in-cluster queue for messaging,
+Ray's own registry for discovery.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from cluster.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("configs/datapunk.yaml")
+Port = int  # constrained per field with ge/le below
+
+_URL_SCHEMES: dict[str, tuple[str, ...]] = {
+    "database_url": ("sqlite+aiosqlite", "postgresql+asyncpg", "postgresql", "sqlite"),
+    "redis_url": ("redis", "rediss", "unix"),
+    "amqp_url": ("amqp", "amqps"),
+    "consul_url": ("http", "https"),
+}
+
+
+class RaySettings(BaseModel):
+    """How Datapunk finds or starts its Ray cluster."""
+
+    address: str | None = Field(
+        None, description="Join this cluster (host:port or auto); unset starts a local head."
+    )
+    port: int = Field(
+        6390, ge=1024, le=65535, description="GCS port of a local head; 6379 belongs to Redis."
+    )
+    dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address (loopback).")
+    dashboard_port: int = Field(8265, ge=1024, le=65535, description="Ray dashboard port.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers; unset=all.")
+    namespace: str = Field("datapunk", min_length=1, description="Ray namespace of our actors.")
+
+    @field_validator("port")
+    @classmethod
+    def _not_redis_port(cls, v: int) -> int:
+        if v == 6379:
+            raise ValueError("6379 is Redis's port on this machine; pick another such as 6390")
+        return v
+
+
+class GatewaySettings(BaseModel):
+    """The Serve-hosted HTTP gateway."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP ingress binds.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the gateway.")
+    replicas: int = Field(1, ge=1, le=64, description="Gateway replicas.")
+    max_ongoing_requests: int = Field(256, ge=1, description="Per-replica concurrency cap.")
+    throughput_optimized: bool = Field(
+        True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC router, no extra threads."
+    )
+    ha_proxy: bool = Field(
+        True, description="RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy in front of replica ports."
+    )
+    auth_cache_ttl_s: float = Field(
+        5.0, ge=0, le=300, description="Seconds a verified API key is trusted before re-reading."
+    )
+
+
+class PoolSettings(BaseModel):
+    """Actor counts per service pool."""
+
+    lake: int = Field(1, ge=0, le=64)
+    stream: int = Field(1, ge=0, le=64)
+    cortex: int = Field(1, ge=0, le=64)
+    forge: int = Field(1, ge=0, le=64)
+
+
+class Settings(BaseSettings):
+    """Everything configurable in Datapunk."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DATAPUNK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path(".datapunk"), description="Where state lives (DB, lake, token).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    database_url: SecretStr | None = Field(
+        None, description="Platform DB; unset = SQLite file in data_dir."
+    )
+    redis_url: SecretStr | None = Field(None, description="Redis; unset = in-process cache.")
+    amqp_url: SecretStr | None = Field(None, description="RabbitMQ; unset = in-cluster queue.")
+    consul_url: SecretStr | None = Field(None, description="Consul; unset = Ray's own registry.")
+    ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
+    pools: PoolSettings = Field(default_factory=PoolSettings)  # type: ignore[arg-type]
+
+    @field_validator("database_url", "redis_url", "amqp_url", "consul_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+    @field_validator("database_url", "redis_url", "amqp_url", "consul_url")
+    @classmethod
+    def _scheme_allowed(cls, v: SecretStr | None, info: Any) -> SecretStr | None:
+        if v is None:
+            return v
+        allowed = _URL_SCHEMES[info.field_name]
+        scheme = v.get_secret_value().split("://", 1)[0]
+        if "://" not in v.get_secret_value() or scheme not in allowed:
+            raise ValueError(f"URL scheme must be one of {', '.join(allowed)}")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = _yaml_path_var.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    # Derived paths: one place decides where each piece of state lives.
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def ray_token_path(self) -> Path:
+        return self.data_path / "ray" / "auth_token"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_path / "platform.json"
+
+    def platform_db_url(self) -> str:
+        """The async SQLAlchemy URL of the platform DB."""
+        if self.database_url is not None:
+            url = self.database_url.get_secret_value()
+            if url.startswith("postgresql://"):
+                return "postgresql+asyncpg://" + url.removeprefix("postgresql://")
+            if url.startswith("sqlite://"):
+                return "sqlite+aiosqlite://" + url.removeprefix("sqlite://")
+            return url
+        return f"sqlite+aiosqlite:///{self.data_path / 'platform.db'}"
+
+    def secret(self, name: Literal["redis_url", "amqp_url", "consul_url"]) -> str | None:
+        value: SecretStr | None = getattr(self, name)
+        return None if value is None else value.get_secret_value()
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of ``scheme://user:password@host`` for messages and tables."""
+    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+# Which YAML file the next load reads; a plain dict keeps the source hook simple
+# and avoids reading the environment at import time.
+_yaml_path_var: dict[str, Path | None] = {"path": None}
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
+    key = ".".join(str(p) for p in error["loc"])
+    value = error.get("input")
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if isinstance(value, str) and key in _URL_SCHEMES:
+        value = redact_url(value)
+    return key, value, error["msg"].removeprefix("Value error, ")
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings once, at an entry point; raise ``ConfigError`` naming key and value.
+
+    ``config_path`` defaults to ``$DATAPUNK_CONFIG`` or ``configs/datapunk.yaml`` when it exists.
+    """
+    if config_path is None:
+        env_path = os.environ.get("DATAPUNK_CONFIG")
+        config_path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
+        if env_path is None and not config_path.exists():
+            config_path = None
+    if config_path is not None and not config_path.is_file():
+        raise ConfigError(
+            key="DATAPUNK_CONFIG", value=str(config_path), allowed="path of an existing YAML file"
+        )
+    source = str(config_path) if config_path else "environment"
+    _yaml_path_var["path"] = config_path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        key, value, msg = _describe(exc.errors()[0])
+        env_key = "DATAPUNK_" + key.upper().replace(".", "__")
+        raise ConfigError(
+            key=f"{key} (env {env_key})", value=value, allowed=msg, source=source
+        ) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed YAML
+        raise ConfigError(key="config file", value=source, allowed=str(exc)) from None
+    finally:
+        _yaml_path_var["path"] = None
