@@ -46,6 +46,9 @@ class RaySettings(BaseModel):
     port: int = Field(
         6390, ge=1024, le=65535, description="GCS port of a local head; 6379 belongs to Redis."
     )
+    node_ip_address: str = Field(
+        "127.0.0.1", description="Address the local head binds; loopback on a laptop."
+    )
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address (loopback).")
     dashboard_port: int = Field(8265, ge=1024, le=65535, description="Ray dashboard port.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers; unset=all.")
@@ -104,9 +107,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(None, description="Redis; unset = in-process cache.")
     amqp_url: SecretStr | None = Field(None, description="RabbitMQ; unset = in-cluster queue.")
     consul_url: SecretStr | None = Field(None, description="Consul; unset = Ray's own registry.")
-    ray: RaySettings = Field(default_factory=RaySettings)  # type: ignore[arg-type]
-    gateway: GatewaySettings = Field(default_factory=GatewaySettings)  # type: ignore[arg-type]
-    pools: PoolSettings = Field(default_factory=PoolSettings)  # type: ignore[arg-type]
+    ray: RaySettings = Field(default_factory=RaySettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    pools: PoolSettings = Field(default_factory=PoolSettings)
 
     @field_validator("database_url", "redis_url", "amqp_url", "consul_url", mode="before")
     @classmethod
@@ -178,7 +181,7 @@ def redact_url(url: str) -> str:
 _yaml_path_var: dict[str, Path | None] = {"path": None}
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, Any, str]:
+def _describe(error: Any) -> tuple[str, Any, str]:
     key = ".".join(str(p) for p in error["loc"])
     value = error.get("input")
     if isinstance(value, SecretStr):
@@ -216,3 +219,27 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(key="config file", value=source, allowed=str(exc)) from None
     finally:
         _yaml_path_var["path"] = None
+
+
+def export_settings(settings: Settings) -> dict[str, Any]:
+    """Plain values (secrets revealed, data_dir absolute) to hand to Ray actors and replicas.
+
+    Ray processes run with another working directory, so relative paths are resolved here,
+    at the composition root, before they travel.
+    """
+    values = settings.model_dump(mode="python", exclude_none=True)
+    for name in _URL_SCHEMES:
+        secret: SecretStr | None = getattr(settings, name)
+        if secret is not None:
+            values[name] = secret.get_secret_value()
+    values["data_dir"] = str(settings.data_path)
+    return values
+
+
+def settings_from_export(values: dict[str, Any]) -> Settings:
+    """Rebuild settings inside a Ray process from ``export_settings``; no file, no env read."""
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        key, value, msg = _describe(exc.errors()[0])
+        raise ConfigError(key=key, value=value, allowed=msg, source="exported settings") from None

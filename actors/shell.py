@@ -1,0 +1,31 @@
+"""The thin Ray shell shared by the service actors.
+
+Subclasses set ``core_cls`` and are decorated with ``@ray.remote`` in their own
+module; this class itself holds no Ray calls, so it can be exercised without Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from actors.base import ServiceCore
+from cluster.logging import bind_request_id, configure_logging, reset_request_id
+from cluster.settings import settings_from_export
+
+
+class ServiceActorShell:
+    """Builds the core from exported settings; every call carries the request id."""
+
+    core_cls: ClassVar[type[ServiceCore]] = ServiceCore
+
+    def __init__(self, settings_values: dict[str, Any], index: int) -> None:
+        settings = settings_from_export(settings_values)
+        configure_logging(settings.log_level, service=self.core_cls.service)
+        self.core = self.core_cls(settings, index)
+
+    def ping(self, request_id: str | None = None) -> dict[str, Any]:
+        token = bind_request_id(request_id)
+        try:
+            return self.core.health()
+        finally:
+            reset_request_id(token)

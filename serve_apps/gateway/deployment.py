@@ -1,0 +1,102 @@
+"""The Ray Serve shell of the gateway: builds the app's dependencies inside a replica.
+
+Everything Ray-specific about the gateway (actor lookups, Serve status) lives here;
+``serve_apps.gateway.app`` stays a plain FastAPI factory.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from ray import serve
+from sqlalchemy import text
+from starlette.types import ASGIApp
+
+from cluster.cache import build_cache
+from cluster.db.engine import connect, create_engine, session_factory
+from cluster.health import check_amqp
+from cluster.logging import configure_logging, current_request_id
+from cluster.pools import ping_pool, pool_sizes
+from cluster.security.auth_cache import CachedAuthenticator
+from cluster.security.keys import KeyStore
+from cluster.settings import Settings, settings_from_export
+from serve_apps.gateway.app import Check, GatewayDeps, create_app
+
+GATEWAY_APP = "gateway"
+GATEWAY_DEPLOYMENT = "Gateway"
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def serve_summary() -> dict[str, Any]:
+    """Applications, deployments and replica counts as Serve reports them."""
+    status = serve.status()
+    apps: dict[str, Any] = {}
+    for app_name, app in status.applications.items():
+        apps[app_name] = {
+            "status": str(app.status.value),
+            "deployments": {
+                name: {
+                    "status": str(dep.status.value),
+                    "replicas": {str(k.value): v for k, v in dep.replica_states.items()},
+                }
+                for name, dep in app.deployments.items()
+            },
+        }
+    return {"applications": apps}
+
+
+@serve.deployment(name=GATEWAY_DEPLOYMENT)
+@serve.ingress()
+class Gateway:
+    """One gateway replica: DB-backed key authentication, readiness, metrics, routes."""
+
+    def __init__(self, settings_values: dict[str, Any]) -> None:
+        self.settings: Settings = settings_from_export(settings_values)
+        configure_logging(self.settings.log_level, service="gateway")
+        self.engine = create_engine(self.settings)
+        store = KeyStore(session_factory(self.engine), now=_utcnow)
+        self.authenticator = CachedAuthenticator(
+            store,
+            ttl_s=self.settings.gateway.auth_cache_ttl_s,
+            now=time.monotonic,
+            utcnow=_utcnow,
+        )
+        self.cache = build_cache(self.settings)
+        self.deps = GatewayDeps(
+            authenticator=self.authenticator,
+            readiness=self._readiness_checks(),
+            platform_status=self._platform_status,
+        )
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        return create_app(self.deps)
+
+    def _readiness_checks(self) -> dict[str, Check]:
+        checks: dict[str, Check] = {"database": self._check_database, "cache": self.cache.ping}
+        amqp_url = self.settings.secret("amqp_url")
+        if amqp_url:
+            checks["rabbitmq"] = partial(check_amqp, amqp_url)
+        for service, count in pool_sizes(self.settings).items():
+            if count:
+                checks[f"{service} pool"] = partial(self._check_pool, service)
+        return checks
+
+    async def _check_database(self) -> None:
+        async with connect(self.engine, self.settings.platform_db_url()) as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def _check_pool(self, service: str) -> None:
+        await ping_pool(self.settings, service, current_request_id())
+
+    async def _platform_status(self) -> dict[str, Any]:
+        pools = {}
+        for service, count in pool_sizes(self.settings).items():
+            replies = await ping_pool(self.settings, service, current_request_id()) if count else []
+            pools[service] = {"size": count, "actors": replies}
+        return {"pools": pools, "serve": serve_summary()}
