@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 import uuid
 from typing import Any
 
@@ -55,16 +56,19 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or _request_id.get(),
         }
         for key, value in vars(record).items():
-            if key not in _STD_ATTRS and key not in body:
+            if key not in _STD_ATTRS and key not in body and not key.startswith("_"):
                 body[key] = value if isinstance(value, str | int | float | bool) else repr(value)
         if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
+            body["exc"] = "".join(traceback.format_exception(*record.exc_info))
         return json.dumps(body, default=str)
 
 
 def configure_logging(level: str = "INFO", service: str = "datapunk") -> None:
     """Send JSON lines to stderr for the ``cluster``/``actors``/``serve_apps``/``jobs`` loggers."""
-    handler = logging.StreamHandler(sys.stderr)
+    # sys.__stderr__, not sys.stderr: Serve replaces sys.stderr in replicas with a
+    # stream into its own logger, which would swallow or re-wrap our JSON lines. The
+    # original fd 2 is the worker's .err file in Ray's session log folder.
+    handler = logging.StreamHandler(sys.__stderr__ or sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     for name in ("cluster", "actors", "serve_apps", "jobs"):
         logger = logging.getLogger(name)

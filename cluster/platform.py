@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -75,16 +76,26 @@ def export_line(settings: Settings, state: PlatformState) -> str:
 
 
 def _use_ray_env(settings: Settings) -> None:
-    """This process talks to an authenticated cluster: Ray reads these at first use."""
+    """This process talks to an authenticated cluster.
+
+    Ray reads its auth mode and token when it is first imported; if something imported
+    it earlier, refresh that cached config the way Ray's own token setup does.
+    """
+    env = ray_env(settings)
     for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED", "PATH"):
-        os.environ[key] = ray_env(settings)[key]
+        os.environ[key] = env[key]
     os.environ.update(serve_env(settings))
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def connect(settings: Settings, address: str) -> None:
+    _use_ray_env(settings)
     import ray
 
-    _use_ray_env(settings)
     if ray.is_initialized():
         return
     ray.init(
@@ -211,7 +222,7 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
 def _teardown(settings: Settings, state: PlatformState) -> int:
     """Remove what ``state`` says we started; return the number of processes stopped."""
     host, _, port = state.gcs_address.rpartition(":")
-    if port_open(host, int(port)):
+    if not state.started_head and port_open(host, int(port)):
         try:
             connect(settings, state.gcs_address)
             _remove_apps(settings, state)
@@ -229,11 +240,12 @@ def _remove_apps(settings: Settings, state: PlatformState) -> None:
 
     from cluster.pools import stop_pools
 
-    if state.started_head:
-        serve.shutdown()
-    else:  # a shared cluster: remove only what is ours
+    # On a head we started, every process (HAProxy included) ends with the head, and
+    # serve.shutdown() can wait 30 s for the controller; on a shared cluster remove
+    # only what is ours.
+    if not state.started_head:
         serve.delete(GATEWAY_APP)
-    stop_pools(settings)
+        stop_pools(settings)
 
 
 def down(settings: Settings, step: Step = _no_step) -> int | None:

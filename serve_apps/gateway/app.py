@@ -145,8 +145,11 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
     return router
 
 
-def create_app(deps: GatewayDeps) -> FastAPI:
-    """Build the gateway application from its dependencies."""
+def create_app(deps: GatewayDeps, *, echo_request_id: bool = True) -> FastAPI:
+    """Build the gateway application from its dependencies.
+
+    ``echo_request_id=False`` when a server in front (Serve's ingress) already echoes it.
+    """
     app = FastAPI(
         title="Datapunk gateway",
         version=__version__,
@@ -155,5 +158,7 @@ def create_app(deps: GatewayDeps) -> FastAPI:
     _install_error_handlers(app)
     _health_routes(app, deps)
     app.include_router(_v1_router(deps))
-    app.add_middleware(RequestContextMiddleware, metrics=deps.metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=deps.metrics, echo_request_id=echo_request_id
+    )
     return app

@@ -6,6 +6,7 @@ Everything Ray-specific about the gateway (actor lookups, Serve status) lives he
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -33,17 +34,22 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _name(value: Any) -> str:
+    """Serve reports states as enums in some places and plain strings in others."""
+    return str(getattr(value, "value", value))
+
+
 def serve_summary() -> dict[str, Any]:
     """Applications, deployments and replica counts as Serve reports them."""
     status = serve.status()
     apps: dict[str, Any] = {}
     for app_name, app in status.applications.items():
         apps[app_name] = {
-            "status": str(app.status.value),
+            "status": _name(app.status),
             "deployments": {
                 name: {
-                    "status": str(dep.status.value),
-                    "replicas": {str(k.value): v for k, v in dep.replica_states.items()},
+                    "status": _name(dep.status),
+                    "replicas": {_name(k): v for k, v in dep.replica_states.items()},
                 }
                 for name, dep in app.deployments.items()
             },
@@ -75,7 +81,7 @@ class Gateway:
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
-        return create_app(self.deps)
+        return create_app(self.deps, echo_request_id=False)
 
     def _readiness_checks(self) -> dict[str, Check]:
         checks: dict[str, Check] = {"database": self._check_database, "cache": self.cache.ping}
@@ -99,4 +105,5 @@ class Gateway:
         for service, count in pool_sizes(self.settings).items():
             replies = await ping_pool(self.settings, service, current_request_id()) if count else []
             pools[service] = {"size": count, "actors": replies}
-        return {"pools": pools, "serve": serve_summary()}
+        # serve.status() blocks on the controller; keep it off the replica's event loop.
+        return {"pools": pools, "serve": await asyncio.to_thread(serve_summary)}

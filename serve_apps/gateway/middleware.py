@@ -52,9 +52,11 @@ class RequestContextMiddleware:
     traceback goes to the log with the request id, never to the client.
     """
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, echo_request_id: bool = True) -> None:
         self.app = app
         self.metrics = metrics
+        # Serve's own ingress already echoes X-Request-ID; a second copy would be noise.
+        self.echo_request_id = echo_request_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -71,7 +73,8 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["sent"] = True
-                message["headers"] = [*message.get("headers", ()), header]
+                if self.echo_request_id:
+                    message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
         self.metrics.in_flight.inc()
