@@ -86,7 +86,7 @@ def _use_ray_env(settings: Settings) -> None:
         os.environ[key] = env[key]
     os.environ.update(serve_env(settings))
     if "ray" in sys.modules:
-        from ray._raylet import AuthenticationTokenLoader, Config
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
