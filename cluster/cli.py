@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +18,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli_keys import db_app, keys_app
-from cluster.cli_support import fail
+from cluster.cli_support import fail, stderr_console
 from cluster.console import console, key_value_table, stepper
 from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
@@ -50,6 +52,8 @@ def _settings(ctx: typer.Context) -> Settings:
     except DatapunkError as exc:
         fail(exc)
     configure_logging("WARNING")
+    # Serve narrates every deploy at INFO on the terminal; the table below says it better.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     return settings
 
 
@@ -141,8 +145,18 @@ def status(
 
 
 def main() -> None:
+    """Console-script entry: an unexpected failure is one line plus a log file, not a dump."""
     logging.captureWarnings(True)
-    app()
+    try:
+        app()
+    except Exception as exc:  # the last line of defence for the terminal
+        log = Path(tempfile.gettempdir()) / "datapunk-cli-error.log"
+        log.write_text(traceback.format_exc())
+        stderr_console().print(
+            f"[red]error:[/] unexpected {type(exc).__name__}: {exc} (traceback in {log})",
+            highlight=False,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from cluster.ray_runtime import (
     serve_env,
     start_head,
     stop_head,
+    use_token_auth,
 )
 from cluster.settings import Settings
 
@@ -76,20 +76,12 @@ def export_line(settings: Settings, state: PlatformState) -> str:
 
 
 def _use_ray_env(settings: Settings) -> None:
-    """This process talks to an authenticated cluster.
-
-    Ray reads its auth mode and token when it is first imported; if something imported
-    it earlier, refresh that cached config the way Ray's own token setup does.
-    """
+    """This process talks to our authenticated cluster and runs Serve as configured."""
     env = ray_env(settings)
-    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_USAGE_STATS_ENABLED", "PATH"):
+    for key in ("RAY_USAGE_STATS_ENABLED", "PATH"):
         os.environ[key] = env[key]
     os.environ.update(serve_env(settings))
-    if "ray" in sys.modules:
-        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
-
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
+    use_token_auth(settings.ray_token_path)
 
 
 def connect(settings: Settings, address: str) -> None:

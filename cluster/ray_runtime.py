@@ -54,6 +54,21 @@ def ensure_token(path: Path) -> str:
     return path.read_text().strip()
 
 
+def use_token_auth(token_path: Path) -> None:
+    """Make this process speak token auth with the token at ``token_path``.
+
+    Ray reads its auth mode and token when it is first imported; if something imported
+    it before, refresh that cached config the way Ray's own token setup does.
+    """
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+
+
 def head_addresses(settings: Settings) -> HeadAddresses:
     host = settings.ray.node_ip_address
     return HeadAddresses(

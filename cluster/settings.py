@@ -16,7 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,7 +38,13 @@ _URL_SCHEMES: dict[str, tuple[str, ...]] = {
 }
 
 
-class RaySettings(BaseModel):
+class _Section(BaseModel):
+    """A nested settings group: a misspelt key is an error, as at the top level."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RaySettings(_Section):
     """How Datapunk finds or starts its Ray cluster."""
 
     address: str | None = Field(
@@ -62,13 +69,16 @@ class RaySettings(BaseModel):
         return v
 
 
-class GatewaySettings(BaseModel):
+class GatewaySettings(_Section):
     """The Serve-hosted HTTP gateway."""
 
     host: str = Field("127.0.0.1", description="Address the HTTP ingress binds.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port of the gateway.")
     replicas: int = Field(1, ge=1, le=64, description="Gateway replicas.")
     max_ongoing_requests: int = Field(256, ge=1, description="Per-replica concurrency cap.")
+    num_cpus: float = Field(
+        0.5, ge=0, le=64, description="CPUs reserved per replica; it is I/O-bound, so < 1."
+    )
     throughput_optimized: bool = Field(
         True, description="RAY_SERVE_THROUGHPUT_OPTIMIZED=1: gRPC router, no extra threads."
     )
@@ -80,7 +90,7 @@ class GatewaySettings(BaseModel):
     )
 
 
-class PoolSettings(BaseModel):
+class PoolSettings(_Section):
     """Actor counts per service pool."""
 
     lake: int = Field(1, ge=0, le=64)
@@ -139,7 +149,7 @@ class Settings(BaseSettings):
         yaml_path = _yaml_path_var.get("path")
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if yaml_path is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+            sources.append(_YamlSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
 
     # Derived paths: one place decides where each piece of state lives.
@@ -174,6 +184,19 @@ class Settings(BaseSettings):
 def redact_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host`` for messages and tables."""
     return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+
+
+class _YamlSource(YamlConfigSettingsSource):
+    """The YAML source, refusing a document that is not a mapping with a plain message."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        data = super()._read_file(file_path)
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"the file must be a YAML mapping of setting names to values, "
+                f"not a {type(data).__name__}"
+            )
+        return data
 
 
 # Which YAML file the next load reads; a plain dict keeps the source hook simple
@@ -215,8 +238,9 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(
             key=f"{key} (env {env_key})", value=value, allowed=msg, source=source
         ) from None
-    except (OSError, ValueError) as exc:  # unreadable or malformed YAML
-        raise ConfigError(key="config file", value=source, allowed=str(exc)) from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # unreadable or malformed YAML
+        reason = " ".join(str(exc).split())  # YAML errors span lines; the CLI shows one
+        raise ConfigError(key="config file", value=source, allowed=reason) from None
     finally:
         _yaml_path_var["path"] = None
 

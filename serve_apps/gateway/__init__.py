@@ -19,6 +19,7 @@ def build(settings: Settings) -> Application:
     return Gateway.options(  # type: ignore[attr-defined]
         num_replicas=settings.gateway.replicas,
         max_ongoing_requests=settings.gateway.max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.gateway.num_cpus},
     ).bind(export_settings(settings))
 
 

@@ -19,11 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import __version__
 from cluster.errors import DatapunkError
+from cluster.security.keys import KeyStore
 from cluster.security.principal import Authenticator, Principal
 from cluster.security.rbac import permissions_of
 from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
+from serve_apps.gateway.routes_keys import keys_router
 
 Check = Callable[[], Awaitable[None]]
 READY_TIMEOUT_S = 3.0
@@ -37,6 +39,8 @@ class GatewayDeps:
     authenticator: Authenticator
     readiness: Mapping[str, Check] = field(default_factory=dict)
     platform_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    key_store: KeyStore | None = None
+    forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
 
 
@@ -142,6 +146,8 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
         extra = await deps.platform_status() if deps.platform_status else {}
         return {"checks": checks, **extra}
 
+    if deps.key_store is not None:
+        router.include_router(keys_router(deps.key_store, deps.forget_key))
     return router
 
 

@@ -78,6 +78,8 @@ class Gateway:
             authenticator=self.authenticator,
             readiness=self._readiness_checks(),
             platform_status=self._platform_status,
+            key_store=store,
+            forget_key=self.authenticator.invalidate,
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.ray_runtime import use_token_auth
 from cluster.settings import Settings, load_settings
 
 TEST_NAMESPACE = "datapunk-test"
@@ -27,14 +28,13 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
     }
-    saved = {key: os.environ.get(key) for key in env}
+    saved = {key: os.environ.get(key) for key in [*env, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"]}
     os.environ.update(env)
+    use_token_auth(token)
     ray.init(
         num_cpus=2,
         namespace=TEST_NAMESPACE,
