@@ -109,9 +109,6 @@ async def httpx_fetchers(url: str, headers: dict[str, str], n: int) -> AsyncIter
             reply = await client.get(url)
             return reply.status_code, reply.content
 
-        return fetcher_result(fetch)
-
-    def fetcher_result(fetch: Fetch) -> Fetch:
         return fetch
 
     try:

@@ -139,6 +139,8 @@ def start_head(settings: Settings, marker: str) -> HeadAddresses:
         f"--port={settings.ray.port}",
         f"--dashboard-host={settings.ray.dashboard_host}",
         f"--dashboard-port={settings.ray.dashboard_port}",
+        f"--ray-client-server-port={settings.ray.client_server_port}",
+        f"--dashboard-agent-listen-port={settings.ray.dashboard_agent_port}",
         f"--temp-dir={temp_dir(settings)}",
         "--disable-usage-stats",
     ]

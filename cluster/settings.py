@@ -58,6 +58,12 @@ class RaySettings(_Section):
     )
     dashboard_host: str = Field("127.0.0.1", description="Dashboard bind address (loopback).")
     dashboard_port: int = Field(8265, ge=1024, le=65535, description="Ray dashboard port.")
+    client_server_port: int = Field(
+        10001, ge=1024, le=65535, description="Ray Client server port of a local head."
+    )
+    dashboard_agent_port: int = Field(
+        52365, ge=1024, le=65535, description="HTTP port of the head's dashboard agent."
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers; unset=all.")
     namespace: str = Field("datapunk", min_length=1, description="Ray namespace of our actors.")
 

@@ -94,7 +94,8 @@ def main() -> int:
     )
     console.print(table)
     console.print(key_value_table("open these", platform.urls(settings, state), ("what", "where")))
-    console.print("For Ray's own CLI: " + platform.export_line(settings, state), highlight=False)
+    console.print("For Ray's own CLI:")
+    console.print(platform.export_line(settings, state), highlight=False, soft_wrap=True)
     console.print("Stop everything with [bold]datapunk down[/] (or `make down`).")
     return 0 if ok else 1
 

@@ -17,7 +17,7 @@ from cluster.ray_runtime import use_token_auth
 from cluster.settings import Settings, load_settings
 
 TEST_NAMESPACE = "datapunk-test"
-TEST_GATEWAY_PORT = 18100
+TEST_GATEWAY_PORT = 28100  # outside Ray's worker-port range 10002-19999
 
 
 @pytest.fixture(scope="session")

@@ -135,22 +135,14 @@ def test_configure_logging_sends_json_for_our_packages(
 ) -> None:
     stream = io.StringIO()
     monkeypatch.setattr("sys.__stderr__", stream)
-    saved = {
-        name: (lg.handlers[:], lg.level, lg.propagate)
-        for name in ("cluster", "actors", "serve_apps", "jobs")
-        for lg in [logging.getLogger(name)]
-    }
-    try:
-        configure_logging("WARNING", service="svc")
-        configure_logging("WARNING", service="svc")  # twice: still one handler
-        logging.getLogger("cluster.something").warning("kept")
-        logging.getLogger("actors.lake").info("below the level")
-        assert len(logging.getLogger("cluster").handlers) == 1
-    finally:
-        for name, (handlers, level, propagate) in saved.items():
-            logger = logging.getLogger(name)
-            logger.handlers[:] = handlers
-            logger.setLevel(level)
-            logger.propagate = propagate
+    configure_logging("WARNING", service="svc")  # the unit conftest restores the loggers
+    configure_logging("WARNING", service="svc")  # twice: still one handler
+    logging.getLogger("cluster.something").warning("kept")
+    logging.getLogger("actors.lake").info("below the level")
+    assert len(logging.getLogger("cluster").handlers) == 1
     [line] = [json.loads(text) for text in stream.getvalue().splitlines()]
-    assert (line["message"], line["service"], line["logger"]) == ("kept", "svc", "cluster.something")
+    assert (line["message"], line["service"], line["logger"]) == (
+        "kept",
+        "svc",
+        "cluster.something",
+    )
