@@ -51,10 +51,12 @@ class Env:
         assert not self.state_file.exists()
         ray_temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"datapunk-{self.ray_port}"
         assert not ray_temp.exists()
-        needle = f"{self.ray_port}"
+        # `ray start --port=P`, gcs_server `--gcs_server_port=P`, raylet `--gcs-address=H:P`
+        ours = (f"={self.ray_port}", f":{self.ray_port}")
         for proc in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(proc.info["cmdline"] or ())
-            assert not ("ray" in cmdline and needle in cmdline), cmdline
+            args = proc.info["cmdline"] or []
+            if any("ray" in arg for arg in args):
+                assert not any(arg.endswith(ours) for arg in args), args
 
 
 @pytest.fixture
