@@ -19,7 +19,7 @@ from rich.table import Table
 
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_support import fail, stderr_console
-from cluster.console import console, key_value_table, stepper
+from cluster.console import console, key_value_table, quiet_library_logs, stepper
 from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
 from cluster.settings import Settings, load_settings
@@ -52,8 +52,7 @@ def _settings(ctx: typer.Context) -> Settings:
     except DatapunkError as exc:
         fail(exc)
     configure_logging("WARNING")
-    # Serve narrates every deploy at INFO on the terminal; the table below says it better.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    quiet_library_logs()
     return settings
 
 

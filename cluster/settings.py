@@ -228,7 +228,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     if config_path is None:
         env_path = os.environ.get("DATAPUNK_CONFIG")
         config_path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
-        if env_path is None and not config_path.exists():
+        if not env_path and not config_path.exists():  # empty, as for URLs, means unset
             config_path = None
     if config_path is not None and not config_path.is_file():
         raise ConfigError(

@@ -16,7 +16,7 @@ import httpx
 from rich.table import Table
 
 from cluster import platform
-from cluster.console import console, key_value_table, stepper
+from cluster.console import console, key_value_table, quiet_library_logs, stepper
 from cluster.db.engine import create_engine, session_factory
 from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
@@ -68,6 +68,7 @@ def run_calls(base: str, calls: list[Call]) -> tuple[Table, bool]:
 
 def main() -> int:
     configure_logging("WARNING")
+    quiet_library_logs()
     try:
         settings = load_settings()
         with stepper(7, "starting Datapunk") as step:
@@ -80,7 +81,7 @@ def main() -> int:
     state = result.state
     if result.already_running:
         console.print("[yellow]Datapunk was already running; using it.[/]")
-    console.print(f"admin API key (shown once, keep it): [bold]{token}[/]")
+    console.print(f"admin API key (shown once, keep it): [bold]{token}[/]", soft_wrap=True)
     table, ok = run_calls(
         state.gateway_url,
         [

@@ -20,10 +20,12 @@ from cluster.db.migrate import upgrade
 from cluster.errors import NotFoundError, ServiceUnavailableError
 from cluster.security.auth_cache import CachedAuthenticator
 from cluster.security.keys import KeyStore
+from cluster.security.principal import Principal
 from cluster.security.rbac import ROLE_PERMISSIONS, Permission, Role
 from cluster.settings import Settings
 from serve_apps.gateway.app import GatewayDeps, create_app
 from serve_apps.gateway.auth import permission, principal_dependency
+from serve_apps.gateway.middleware import request_id_from
 from tests.clock import FakeClock
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -259,6 +261,21 @@ async def test_expired_key_is_401(gateway: Gateway) -> None:
     assert "expired" in error_of(reply)["message"]
 
 
+async def test_unreachable_key_store_is_503_not_500(gateway: Gateway) -> None:
+    class DatabaseDown:
+        async def authenticate(self, token: str) -> Principal:
+            raise ServiceUnavailableError(
+                service="platform database", target="db", reason="connection refused", fix="x"
+            )
+
+    app = create_app(GatewayDeps(authenticator=DatabaseDown()))
+    reply = await get(app, "/api/v1/whoami", headers={"X-API-Key": "dp_anything"})
+    assert reply.status_code == 503
+    error = error_of(reply)
+    assert error["code"] == "service_unavailable"
+    assert "platform database at db is unreachable" in error["message"]
+
+
 # --- permissions -------------------------------------------------------------------------
 
 
@@ -388,7 +405,11 @@ async def test_supplied_request_id_is_echoed_and_in_error_bodies(gateway: Gatewa
     assert denied.json()["error"]["request_id"] == "req-401"
 
 
-@pytest.mark.parametrize("bad", ["x" * 300, "has spaces", "semi;colon", "new\tline"])
+def test_request_id_of_128_characters_is_kept() -> None:
+    assert request_id_from({"headers": [(b"x-request-id", b"a" * 128)]}) == "a" * 128
+
+
+@pytest.mark.parametrize("bad", ["x" * 300, "y" * 129, "has spaces", "semi;colon", "new\tline"])
 async def test_invalid_request_id_is_replaced(gateway: Gateway, bad: str) -> None:
     reply = await get(gateway.build(), "/nope", headers={"X-Request-ID": bad})
     replaced = reply.headers["x-request-id"]

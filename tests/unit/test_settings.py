@@ -190,6 +190,11 @@ def test_missing_config_named_by_datapunk_config(
     assert "existing YAML file" in error.message
 
 
+def test_empty_datapunk_config_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATAPUNK_CONFIG", "")
+    assert load_settings().gateway.port == 8000
+
+
 def test_missing_config_path_argument(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="existing YAML file"):
         load_settings(tmp_path / "nope.yaml")
