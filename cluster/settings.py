@@ -35,6 +35,7 @@ _URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "redis_url": ("redis", "rediss", "unix"),
     "amqp_url": ("amqp", "amqps"),
     "consul_url": ("http", "https"),
+    "catalog_url": ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+asyncpg"),
 }
 
 
@@ -96,6 +97,28 @@ class GatewaySettings(_Section):
     )
 
 
+class LakeSettings(_Section):
+    """Iceberg tables: commits, SQL limits and file layout."""
+
+    commit_retries: int = Field(
+        20, ge=0, le=1000, description="Retries of a commit that lost an optimistic race."
+    )
+    sql_row_limit: int = Field(100_000, ge=1, description="Most rows a SQL query returns.")
+    sql_timeout_s: float = Field(30.0, gt=0, le=3600, description="SQL queries stop after this.")
+    max_result_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest scan or SQL result handed back."
+    )
+    compression: Literal["zstd", "snappy", "gzip", "lz4", "none"] = Field(
+        "zstd", description="Parquet codec of data files."
+    )
+    target_file_size_mb: int = Field(
+        128, ge=1, le=4096, description="Compaction writes files of about this size."
+    )
+    orphan_grace_s: float = Field(
+        3600.0, ge=0, description="Files younger than this are never orphans (in-flight writes)."
+    )
+
+
 class PoolSettings(_Section):
     """Actor counts per service pool."""
 
@@ -123,9 +146,14 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(None, description="Redis; unset = in-process cache.")
     amqp_url: SecretStr | None = Field(None, description="RabbitMQ; unset = in-cluster queue.")
     consul_url: SecretStr | None = Field(None, description="Consul; unset = Ray's own registry.")
+    catalog_url: SecretStr | None = Field(
+        None,
+        description="Iceberg SQL catalog; unset = the platform DB's PostgreSQL, else SQLite.",
+    )
     ray: RaySettings = Field(default_factory=RaySettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     pools: PoolSettings = Field(default_factory=PoolSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
 
     @field_validator("database_url", "redis_url", "amqp_url", "consul_url", mode="before")
     @classmethod
@@ -182,7 +210,9 @@ class Settings(BaseSettings):
             return url
         return f"sqlite+aiosqlite:///{self.data_path / 'platform.db'}"
 
-    def secret(self, name: Literal["redis_url", "amqp_url", "consul_url"]) -> str | None:
+    def secret(
+        self, name: Literal["redis_url", "amqp_url", "consul_url", "catalog_url"]
+    ) -> str | None:
         value: SecretStr | None = getattr(self, name)
         return None if value is None else value.get_secret_value()
 
