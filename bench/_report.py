@@ -46,12 +46,13 @@ def ratio_of(row: Row, rows: list[Row]) -> float | None:
 def results_table(rows: list[Row], endpoint: str) -> Table:
     table = Table(
         title=f"GET {endpoint}, authenticated (cached key)",
-        caption="p50/p99 in ms; CPU: ms of server CPU per request (Serve: all Ray processes "
-        "of the head); ratio: serve req/s / uvicorn req/s at the same c",
+        caption="c: concurrency; n: timed requests; p50/p99: latency in ms; CPU: ms of server "
+        "CPU per request (Serve: every Ray process of the head); ratio: serve req/s / uvicorn "
+        "req/s at the same c",
         header_style="bold",
     )
     table.add_column("target", no_wrap=True)
-    for column in ("c", "requests", "errors", "req/s", "p50", "p99", "CPU", "ratio"):
+    for column in ("c", "n", "errors", "req/s", "p50", "p99", "CPU", "ratio"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in sorted(rows, key=lambda r: (r.phase, r.concurrency, r.serve)):
         ratio = ratio_of(row, rows)

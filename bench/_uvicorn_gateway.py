@@ -26,7 +26,7 @@ from cluster.logging import configure_logging
 from cluster.security.auth_cache import CachedAuthenticator
 from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
-from serve_apps.gateway.app import GatewayDeps, create_app
+from serve_apps.gateway.asgi import GatewayDeps, create_app
 
 
 def _utcnow() -> datetime:

@@ -2,7 +2,7 @@
 
 Brings a private platform up exactly as ``datapunk up`` does (its own data dir in a
 temp folder, its own ports, embedded adapters), creates an admin key, serves the same
-FastAPI app (``serve_apps.gateway.app.create_app``, cached key auth on the same SQLite
+FastAPI app (``serve_apps.gateway.asgi.create_app``, cached key auth on the same SQLite
 DB) on plain uvicorn in a subprocess, and loads ``GET /api/v1/whoami`` from a separate
 process at concurrency 1, 8 and 32, alternating the two servers. Ends with
 ``target gateway_vs_uvicorn_c8: RATIO (goal >= 0.3) met|missed``.

@@ -22,6 +22,11 @@ class DatapunkError(Exception):
         self.message = message
         self.fields = fields
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only fields, which default exception pickling cannot
+        # replay; Ray ships errors between processes, so rebuild from message + fields.
+        return (_rebuild, (type(self), self.message, self.fields))
+
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
 
@@ -106,3 +111,9 @@ class PlatformStateError(DatapunkError):
 
     code = "platform_state"
     http_status = 409
+
+
+def _rebuild(cls: type[DatapunkError], message: str, fields: dict[str, Any]) -> DatapunkError:
+    error = cls.__new__(cls)
+    DatapunkError.__init__(error, message, **fields)
+    return error

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 from urllib.parse import unquote, urlsplit
 
@@ -48,6 +48,8 @@ class ServiceStatus:
     target: str
     ok: bool
     detail: str
+    # The typed error behind a failed row, for callers that must stop on it (preflight).
+    error: DatapunkError | None = field(default=None, compare=False, repr=False)
 
 
 class ServiceCheck(NamedTuple):
@@ -152,7 +154,7 @@ async def _run(check: ServiceCheck, timeout_s: float) -> ServiceStatus:
         detail = f"{check.name} at {check.target} did not answer within {timeout_s:g} s"
         return ServiceStatus(check.name, check.mode, check.target, False, detail)
     except DatapunkError as exc:
-        return ServiceStatus(check.name, check.mode, check.target, False, exc.message)
+        return ServiceStatus(check.name, check.mode, check.target, False, exc.message, exc)
     except Exception as exc:  # a bug in a check still yields a row, named by its type
         detail = f"check failed: {type(exc).__name__}: {first_line(exc)}"
         return ServiceStatus(check.name, check.mode, check.target, False, detail)

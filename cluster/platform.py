@@ -113,6 +113,8 @@ async def preflight(settings: Settings) -> str:
     down = [s for s in statuses if not s.ok]
     if down:
         first = down[0]
+        if first.error is not None:
+            raise first.error
         raise ServiceUnavailableError(
             service=first.name, target=first.target, reason=first.detail, fix=_fix_for(first.name)
         )

@@ -118,6 +118,11 @@ def _busy_ports(settings: Settings) -> list[str]:
         "ray.port": (settings.ray.node_ip_address, settings.ray.port),
         "ray.dashboard_port": (settings.ray.dashboard_host, settings.ray.dashboard_port),
         "gateway.port": (settings.gateway.host, settings.gateway.port),
+        "ray.client_server_port": (settings.ray.node_ip_address, settings.ray.client_server_port),
+        "ray.dashboard_agent_port": (
+            settings.ray.node_ip_address,
+            settings.ray.dashboard_agent_port,
+        ),
     }
     return [f"{key}={port}" for key, (host, port) in wanted.items() if port_open(host, port)]
 

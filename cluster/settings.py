@@ -219,7 +219,8 @@ class Settings(BaseSettings):
 
 def redact_url(url: str) -> str:
     """Hide the password of ``scheme://user:password@host`` for messages and tables."""
-    return re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)
+    url = re.sub(r"(://[^:/@]*):.*@", r"\1:***@", url)  # greedy: '@' may be in the password
+    return re.sub(r"(?i)([?&](?:password|pass|pwd|secret|token)=)[^&]*", r"\1***", url)
 
 
 class _YamlSource(YamlConfigSettingsSource):

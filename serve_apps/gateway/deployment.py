@@ -1,7 +1,7 @@
 """The Ray Serve shell of the gateway: builds the app's dependencies inside a replica.
 
 Everything Ray-specific about the gateway (actor lookups, Serve status) lives here;
-``serve_apps.gateway.app`` stays a plain FastAPI factory.
+``serve_apps.gateway.asgi`` stays a plain FastAPI factory.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cluster.pools import ping_pool, pool_sizes
 from cluster.security.auth_cache import CachedAuthenticator
 from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
-from serve_apps.gateway.app import Check, GatewayDeps, create_app
+from serve_apps.gateway.asgi import Check, GatewayDeps, create_app
 
 GATEWAY_APP = "gateway"
 GATEWAY_DEPLOYMENT = "Gateway"

@@ -39,8 +39,8 @@ class GatewayMetrics:
             ),
             errors=Counter(
                 "datapunk_gateway_errors",
-                "Responses with an error body, by route template and error code.",
-                ["route", "code"],
+                "Responses with an error status (4xx, 5xx), by route template and status.",
+                ["route", "status"],
                 registry=registry,
             ),
             in_flight=Gauge(

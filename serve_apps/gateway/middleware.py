@@ -107,6 +107,7 @@ class RequestContextMiddleware:
         self.metrics.requests.labels(route, method, str(status)).inc()
         self.metrics.latency.labels(route, method).observe(seconds)
         if status >= 400:
+            self.metrics.errors.labels(route, str(status)).inc()
             logger.info(
                 "request",
                 extra={"method": method, "path": scope.get("path"), "status": status},

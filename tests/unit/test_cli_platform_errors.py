@@ -128,6 +128,7 @@ def test_unreachable_redis_fails_in_preflight(
     assert UNREACHABLE_REDIS in line
     assert "connection refused" in line
     assert "DATAPUNK_REDIS_URL" in line
+    assert line.count("unreachable") == 1 and line.count("Fix:") == 1, line
 
 
 def test_status_when_nothing_runs_says_to_run_up(runner: CliRunner) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
+import serve_apps.gateway.asgi as gateway_app
 from cluster.db.engine import create_engine, session_factory
 from cluster.db.migrate import upgrade
 from cluster.errors import NotFoundError, ServiceUnavailableError
@@ -23,7 +23,7 @@ from cluster.security.keys import KeyStore
 from cluster.security.principal import Principal
 from cluster.security.rbac import ROLE_PERMISSIONS, Permission, Role
 from cluster.settings import Settings
-from serve_apps.gateway.app import GatewayDeps, create_app
+from serve_apps.gateway.asgi import GatewayDeps, create_app
 from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.middleware import request_id_from
 from tests.clock import FakeClock
@@ -31,8 +31,6 @@ from tests.clock import FakeClock
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 ERROR_KEYS = {"code", "message", "request_id"}
 Check = Callable[[], Awaitable[None]]
-# The package re-exports a function named ``app``, which hides the module of that name.
-gateway_app = importlib.import_module("serve_apps.gateway.app")
 
 
 async def _ok() -> None:
@@ -131,6 +129,8 @@ async def test_metrics_need_no_key_and_label_by_route_template(gateway: Gateway)
     )
     assert 'route="/api/v1/whoami",status="401"' in text
     assert 'route="unmatched",status="404"' in text
+    assert 'datapunk_gateway_errors_total{route="/api/v1/whoami",status="401"} 1.0' in text
+    assert 'datapunk_gateway_errors_total{route="/things/{thing_id}"' not in text
     for raw in ("abc123", "def456", "xyz789"):
         assert raw not in text  # raw paths would make label cardinality unbounded
     assert "datapunk_gateway_request_duration_seconds_bucket" in text
