@@ -34,12 +34,15 @@ def _utcnow() -> datetime:
 
 
 def build_app(settings: Settings) -> FastAPI:
-    """The gateway app with the replica's authenticator and no readiness checks."""
+    """The replica's app and authenticator, key routes included; no readiness checks."""
     store = KeyStore(session_factory(create_engine(settings)), now=_utcnow)
     authenticator = CachedAuthenticator(
         store, ttl_s=settings.gateway.auth_cache_ttl_s, now=time.monotonic, utcnow=_utcnow
     )
-    return create_app(GatewayDeps(authenticator=authenticator))
+    deps = GatewayDeps(
+        authenticator=authenticator, key_store=store, forget_key=authenticator.invalidate
+    )
+    return create_app(deps)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -128,12 +128,45 @@ def bench_settings(data_dir: Path, mode: ServeMode | None = None) -> Settings:
     )
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: platform down
+
+
+def catch_sigterm() -> None:
+    """Make SIGTERM unwind (platform down, uvicorn stopped) instead of killing at once.
+
+    Needed again after each Ray connection: after ``ray.init`` and ``ray.shutdown`` a
+    SIGTERM kills this process outright, although ``signal.getsignal`` still names
+    the Python handler ``ray.init`` installed.
+    """
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Hold a SIGTERM until ``platform.up`` returns, then act on it.
+
+    ``up`` saves the state that ``down`` needs (the head's marker) only after
+    ``ray start`` returns; stopped inside ``ray start``, the half-started head would be
+    out of ``down``'s reach. Once ``up`` connects, Ray's own handler (``sys.exit``) is
+    in force, and ``up`` tears down what it started itself.
+    """
+    received: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        catch_sigterm()
+    if received:
+        raise SystemExit(128 + received[0])
+
+
 @contextmanager
 def platform_running(settings: Settings) -> Iterator[Target]:
     """``platform.up`` as ``datapunk up`` runs it; ``platform.down`` always follows."""
     mode = mode_of(settings)
     try:
-        with stepper(UP_STEPS, f"starting Datapunk ({mode.name})") as step:
+        with sigterm_deferred(), stepper(UP_STEPS, f"starting Datapunk ({mode.name})") as step:
             result = platform.up(settings, step=step)
         marker = result.state.marker
         if result.already_running or not marker:
@@ -323,15 +356,11 @@ def _quiet_serve_driver_logs() -> None:
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
-def _exit_on_sigterm(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks: platform down
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     configure_logging("WARNING")
     _quiet_serve_driver_logs()
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    catch_sigterm()
     with tempfile.TemporaryDirectory(prefix="datapunk-bench-") as tmp:
         try:
             rows = run_benchmark(args, Path(tmp))
@@ -339,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             message = exc.message if isinstance(exc, DatapunkError) else str(exc)
             console.print(f"[bold red]benchmark failed:[/] {message}", highlight=False)
             return 2
+        except KeyboardInterrupt:  # the platform is already down: finally blocks ran
+            console.print("[bold red]interrupted[/]; the benchmark's platform is stopped")
+            return 130
     return report(rows, args.cpu_breakdown)
 
 

@@ -8,8 +8,10 @@ tested is what is served.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -17,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.lake.service import LakeService
 from cluster import __version__
 from cluster.errors import DatapunkError
 from cluster.security.keys import KeyStore
@@ -26,6 +29,7 @@ from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
 from serve_apps.gateway.routes_keys import keys_router
+from serve_apps.gateway.routes_lake import lake_router
 
 Check = Callable[[], Awaitable[None]]
 READY_TIMEOUT_S = 3.0
@@ -40,6 +44,8 @@ class GatewayDeps:
     readiness: Mapping[str, Check] = field(default_factory=dict)
     platform_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     key_store: KeyStore | None = None
+    lake: LakeService | None = None
+    spool_dir: Path | None = None
     forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
 
@@ -148,6 +154,9 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
 
     if deps.key_store is not None:
         router.include_router(keys_router(deps.key_store, deps.forget_key))
+    if deps.lake is not None:
+        spool = deps.spool_dir or Path(tempfile.gettempdir()) / "datapunk-uploads"
+        router.include_router(lake_router(deps.lake, spool))
     return router
 
 

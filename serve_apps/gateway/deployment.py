@@ -16,6 +16,7 @@ from ray import serve
 from sqlalchemy import text
 from starlette.types import ASGIApp
 
+from actors.lake.client import RayLake
 from cluster.cache import build_cache
 from cluster.db.engine import connect, create_engine, session_factory
 from cluster.health import check_amqp
@@ -80,6 +81,8 @@ class Gateway:
             platform_status=self._platform_status,
             key_store=store,
             forget_key=self.authenticator.invalidate,
+            lake=RayLake(self.settings).as_service() if self.settings.pools.lake else None,
+            spool_dir=self.settings.data_path / "uploads",
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

@@ -1,0 +1,119 @@
+"""Where the Iceberg catalog and warehouse live, and opening the catalog.
+
+The catalog is pyiceberg's ``SqlCatalog`` (the JDBC catalog's tables), so Spark, Trino,
+DuckDB or plain pyiceberg can open the same tables with the same URI and warehouse:
+
+* ``settings.catalog_url`` when set;
+* else the platform database when it is PostgreSQL (``DATAPUNK_DATABASE_URL``);
+* else a SQLite file, ``<data_dir>/lake/catalog.db``.
+
+pyiceberg builds a *synchronous* SQLAlchemy engine, so async driver names are mapped to
+psycopg2. The warehouse is ``<data_dir>/lake/warehouse``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from pyiceberg.catalog.sql import SqlCatalog
+from sqlalchemy import event, make_url
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import DBAPIError
+
+from cluster.errors import ServiceUnavailableError
+from cluster.settings import Settings, redact_url
+
+CATALOG_NAME = "datapunk"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = "10"
+_PG_DRIVERS = ("postgresql", "postgresql+asyncpg", "postgresql+psycopg2", "postgres")
+
+
+def catalog_uri(settings: Settings) -> str:
+    """The synchronous SQLAlchemy URL of the Iceberg SQL catalog."""
+    explicit = settings.secret("catalog_url")
+    if explicit:
+        return _sync_url(explicit)
+    if settings.database_url is not None:
+        platform = settings.database_url.get_secret_value()
+        if make_url(platform).drivername in _PG_DRIVERS:
+            return _sync_url(platform)
+    return f"sqlite:///{settings.data_path / 'lake' / 'catalog.db'}"
+
+
+def warehouse_uri(settings: Settings) -> str:
+    """The ``file://`` URI of the directory that holds table data and metadata files."""
+    return f"file://{settings.data_path / 'lake' / 'warehouse'}"
+
+
+def open_catalog(settings: Settings) -> SqlCatalog:
+    """Open (and on first use create) the catalog; unreachable DB -> ``ServiceUnavailableError``."""
+    uri = catalog_uri(settings)
+    (settings.data_path / "lake" / "warehouse").mkdir(parents=True, exist_ok=True)
+    try:
+        catalog = SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse_uri(settings))
+    except DBAPIError as exc:
+        raise catalog_unavailable(uri, exc) from None
+    if catalog.engine.dialect.name == "sqlite":
+        _tune_sqlite(catalog.engine)
+    return catalog
+
+
+def catalog_unavailable(uri: str, exc: DBAPIError) -> ServiceUnavailableError:
+    """The one-line error for a catalog database that cannot be reached or used."""
+    reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+    return ServiceUnavailableError(
+        service="Iceberg catalog database",
+        target=redact_url(uri),
+        reason=reason,
+        fix="start the database, or point DATAPUNK_CATALOG_URL (or DATAPUNK_DATABASE_URL) "
+        "at a reachable one",
+    )
+
+
+def _sync_url(url: str) -> str:
+    parsed = make_url(url)
+    if parsed.drivername not in _PG_DRIVERS:
+        return url  # sqlite URLs are already synchronous
+    parsed = parsed.set(drivername="postgresql+psycopg2")
+    return _pg_query(parsed).render_as_string(hide_password=False)
+
+
+def _pg_query(url: URL) -> URL:
+    """libpq spellings of the query: asyncpg's ``ssl`` is ``sslmode``; a connect timeout.
+
+    Without ``connect_timeout`` libpq waits for TCP itself (minutes) on an address that
+    drops packets; the catalog is opened in the actor's constructor, which must fail fast.
+    """
+    query = dict(url.query)
+    if "ssl" in query:
+        query.setdefault("sslmode", query.pop("ssl"))
+    query.setdefault("connect_timeout", PG_CONNECT_TIMEOUT_S)
+    return url.set(query=query)
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """Make the SQLite catalog safe for several writer processes (one per lake actor).
+
+    pyiceberg builds its engine as ``create_engine(uri, echo, pool_pre_ping)`` and offers
+    no way to pass ``connect_args``. A SQLAlchemy ``connect`` listener runs for every new
+    DBAPI connection, so it gives each one a 30 s busy timeout (a commit waits for the
+    lock instead of failing with "database is locked") and WAL journaling (readers do not
+    block the writer). The connection pyiceberg opened in its constructor, before the
+    listener existed, is dropped with ``dispose()`` so every pooled one is tuned; that
+    first one had sqlite3's default 5 s timeout, enough for creating the catalog tables.
+    """
+    event.listen(engine, "connect", _sqlite_pragmas)
+    engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,253 @@
+"""``/api/v1/lake``: Iceberg tables over REST, each route checked for its permission.
+
+Uploads are streamed to a spool file in the data directory and appended from there in
+batches, so a large CSV or Parquet body is never held whole in the gateway's memory.
+Query results are encoded as JSON (default), CSV, Parquet or Arrow IPC (``format``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+
+from actors.lake.formats import encode
+from actors.lake.service import LakeService
+from actors.lake.specs import parse_type
+from cluster.errors import InvalidInputError
+from serve_apps.gateway.auth import permission
+
+ResultFormat = Literal["json", "csv", "parquet", "arrow"]
+READ = Depends(permission("lake.table:read"))
+WRITE = Depends(permission("lake.table:write"))
+MAX_UPLOAD_BYTES = 2 * 1024**3
+_UPLOAD_TYPES = {
+    "text/csv": "csv",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/vnd.apache.parquet": "parquet",
+    "application/x-parquet": "parquet",
+    "application/vnd.apache.arrow.stream": "arrow",
+    "application/vnd.apache.arrow.file": "arrow",
+}
+
+
+class ColumnSpec(BaseModel):
+    name: str = Field(min_length=1)
+    type: str = Field(
+        description="long, int, double, float, string, boolean, date, "
+        "timestamp, timestamptz, binary, decimal(p,s)"
+    )
+    required: bool = False
+
+
+class CreateTable(BaseModel):
+    name: str = Field(description="namespace.table (namespace 'default' when omitted)")
+    columns: list[ColumnSpec] = Field(min_length=1)
+    partition_by: list[str] = Field(default_factory=list, examples=[["day(ts)", "bucket(16, id)"]])
+    sort_by: list[str] = Field(default_factory=list, examples=[["ts", "id desc"]])
+    properties: dict[str, str] = Field(default_factory=dict)
+
+
+class Query(BaseModel):
+    columns: list[str] | None = None
+    filter: str | None = Field(None, examples=["amount > 10 and region = 'eu'"])
+    snapshot_id: int | None = None
+    as_of: str | None = Field(None, description="ISO 8601 time: the snapshot current then.")
+    limit: int | None = Field(None, ge=1)
+    format: ResultFormat = "json"
+
+
+class SqlQuery(BaseModel):
+    query: str = Field(
+        min_length=1, examples=["SELECT region, sum(amount) FROM sales.orders GROUP BY region"]
+    )
+    limit: int | None = Field(None, ge=1)
+    format: ResultFormat = "json"
+
+
+class Rows(BaseModel):
+    filter: str = Field(min_length=1, description="Rows matching this are deleted.")
+
+
+class Rollback(BaseModel):
+    snapshot_id: int
+
+
+class Maintenance(BaseModel):
+    compact: bool = True
+    expire_older_than_s: float | None = Field(None, ge=0)
+    retain_last: int = Field(1, ge=1)
+    remove_orphans: bool = False
+    orphan_older_than_s: float | None = Field(None, ge=0)
+    dry_run: bool = False
+
+
+def _arrow_schema(columns: list[ColumnSpec]) -> pa.Schema:
+    fields = []
+    for column in columns:
+        ice = parse_type(column.type, field=f"columns.{column.name}.type")
+        fields.append(pa.field(column.name, schema_to_pyarrow(ice), not column.required))
+    return pa.schema(fields)
+
+
+def _result(table: pa.Table, fmt: ResultFormat) -> Response:
+    body, media_type = encode(table, fmt)
+    return Response(body, media_type=media_type, headers={"X-Row-Count": str(table.num_rows)})
+
+
+async def _spool(request: Request, folder: Path, suffix: str) -> Path:
+    """Stream the request body to a file; refuse bodies over ``MAX_UPLOAD_BYTES``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.{suffix}"
+    size = 0
+    # Small synchronous writes of already-received chunks; aiofiles would add a thread hop
+    # per chunk for no gain on a local disk.
+    with path.open("wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD_BYTES:
+                break
+            out.write(chunk)
+    if size > MAX_UPLOAD_BYTES:
+        path.unlink(missing_ok=True)
+        raise InvalidInputError(
+            field="body",
+            value=f"over {MAX_UPLOAD_BYTES} bytes",
+            allowed="split the upload into smaller appends",
+        )
+    return path
+
+
+def _rows_table(payload: Any) -> pa.Table:
+    rows = payload.get("rows") if isinstance(payload, dict) else payload
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise InvalidInputError(
+            field="body",
+            value=type(rows).__name__,
+            allowed='a non-empty JSON list of row objects, or {"rows": [...]}',
+        )
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise InvalidInputError(
+            field="rows", value=str(exc).splitlines()[0], allowed="one type per column"
+        ) from None
+
+
+def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
+    """Routes over ``lake`` (in-process or the actor pool); uploads spool in ``spool_dir``."""
+    router = APIRouter(prefix="/lake", tags=["lake"])
+
+    @router.get("/tables", dependencies=[READ], summary="Tables, optionally of one namespace.")
+    async def list_tables(namespace: str | None = None) -> list[str]:
+        return await lake.list_tables(namespace)
+
+    @router.post("/tables", status_code=201, dependencies=[WRITE], summary="Create a table.")
+    async def create_table(body: CreateTable) -> dict[str, Any]:
+        return await lake.create_table(
+            body.name,
+            schema=_arrow_schema(body.columns),
+            partition_by=body.partition_by,
+            sort_by=body.sort_by,
+            properties=body.properties,
+        )
+
+    @router.get("/tables/{name}", dependencies=[READ], summary="Schema, partitions, snapshots.")
+    async def describe(name: str) -> dict[str, Any]:
+        return await lake.describe(name)
+
+    @router.post(
+        "/tables/{name}/append",
+        dependencies=[WRITE],
+        summary="Append JSON rows, or a CSV/JSON Lines/Parquet/Arrow upload.",
+    )
+    async def append(name: str, request: Request, evolve: bool = True) -> dict[str, Any]:
+        media = request.headers.get("content-type", "application/json").split(";")[0].strip()
+        if media == "application/json":
+            try:
+                payload = json.loads(await request.body())
+            except ValueError as exc:
+                raise InvalidInputError(field="body", value=str(exc), allowed="JSON") from None
+            return await lake.append(name, _rows_table(payload), evolve=evolve)
+        fmt = _UPLOAD_TYPES.get(media)
+        if fmt is None:
+            raise InvalidInputError(
+                field="Content-Type",
+                value=media,
+                allowed="application/json or one of " + ", ".join(sorted(_UPLOAD_TYPES)),
+            )
+        path = await _spool(request, spool_dir, fmt)
+        try:
+            return await lake.append_file(name, str(path), fmt=fmt, evolve=evolve)
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    @router.post(
+        "/tables/{name}/upsert",
+        dependencies=[WRITE],
+        summary="Update rows matching on key columns, insert the rest.",
+    )
+    async def upsert(name: str, request: Request, key: list[str]) -> dict[str, Any]:
+        return await lake.upsert(name, _rows_table(json.loads(await request.body())), key)
+
+    @router.post("/tables/{name}/delete", dependencies=[WRITE], summary="Delete rows by filter.")
+    async def delete(name: str, body: Rows) -> dict[str, Any]:
+        return await lake.delete(name, body.filter)
+
+    @router.post(
+        "/tables/{name}/query",
+        dependencies=[READ],
+        summary="Columns and filter pushed down, optionally at a snapshot or time.",
+    )
+    async def query(name: str, body: Query) -> Response:
+        table = await lake.scan(
+            name,
+            columns=body.columns,
+            filter=body.filter,
+            snapshot_id=body.snapshot_id,
+            as_of=body.as_of,
+            limit=body.limit,
+        )
+        return _result(table, body.format)
+
+    @router.post("/sql", dependencies=[READ], summary="Read-only SQL over Lake tables (DuckDB).")
+    async def sql(body: SqlQuery) -> Response:
+        return _result(await lake.sql(body.query, limit=body.limit), body.format)
+
+    @router.get("/tables/{name}/history", dependencies=[READ], summary="Snapshots, oldest first.")
+    async def history(name: str) -> list[dict[str, Any]]:
+        return await lake.history(name)
+
+    @router.post(
+        "/tables/{name}/rollback", dependencies=[WRITE], summary="Make an earlier snapshot current."
+    )
+    async def rollback(name: str, body: Rollback) -> dict[str, Any]:
+        return await lake.rollback(name, body.snapshot_id)
+
+    @router.post(
+        "/tables/{name}/maintenance",
+        dependencies=[WRITE],
+        summary="Compact, expire snapshots, remove orphan files.",
+    )
+    async def maintain(name: str, body: Maintenance) -> dict[str, Any]:
+        return await lake.maintain(
+            name,
+            compact_files=body.compact,
+            expire_older_than_s=body.expire_older_than_s,
+            retain_last=body.retain_last,
+            remove_orphans=body.remove_orphans,
+            orphan_older_than_s=body.orphan_older_than_s,
+            dry_run=body.dry_run,
+        )
+
+    return router
