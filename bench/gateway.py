@@ -198,19 +198,20 @@ def prepare_database(settings: Settings) -> str:
 # --- the uvicorn baseline ------------------------------------------------------------
 
 
-def wait_answering(url: str, token: str, proc: subprocess.Popen[Any], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_answering(url: str, token: str, proc: subprocess.Popen[Any], log: Path) -> None:
+    deadline = time.monotonic() + 60
     headers = {"Authorization": f"Bearer {token}"}
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise BenchError(f"uvicorn exited with {proc.returncode} before answering")
+            tail = log.read_text(errors="replace")[-2000:]
+            raise BenchError(f"uvicorn exited with {proc.returncode} before answering:\n{tail}")
         try:
             if httpx.get(url, headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise BenchError(f"uvicorn did not answer {url} with 200 within {timeout_s:g}s")
+    raise BenchError(f"uvicorn did not answer {url} with 200 within 60 s; see {log}")
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -231,12 +232,13 @@ def uvicorn_running(settings: Settings, token: str, workdir: Path) -> Iterator[T
     settings_file.write_text(json.dumps(export_settings(settings), default=str))
     cmd = [sys.executable, str(UVICORN_HELPER), "--settings-json", str(settings_file)]
     cmd += ["--host", HOST, "--port", str(UVICORN_PORT)]
-    with (workdir / "uvicorn.log").open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    log = workdir / "uvicorn.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://{HOST}:{UVICORN_PORT}{ENDPOINT}"
         with console.status("starting the uvicorn baseline"):
-            wait_answering(url, token, proc, timeout_s=60)
+            wait_answering(url, token, proc, log)
         server = psutil.Process(proc.pid)
         yield Target("uvicorn", url, lambda: [server, *server.children(recursive=True)], False)
     finally:

@@ -79,3 +79,28 @@ class RayLake:
     def as_service(self) -> LakeService:
         """Typed view for callers written against ``LakeService``'s methods."""
         return cast(LakeService, self)
+
+
+def to_ray_dataset(
+    settings: Settings, table: str, snapshot_id: int | None = None, **read_options: Any
+) -> ray.data.Dataset:
+    """A Lake table at a snapshot (latest by default) as a Ray Dataset, for distributed work.
+
+    Ray Data reads the Iceberg table itself (``read_iceberg``) through the same catalog,
+    so the data files stream to Ray's workers without passing through a Lake actor.
+    """
+    from actors.lake.catalog import CATALOG_NAME, catalog_uri, warehouse_uri
+    from actors.lake.specs import parse_table_name
+
+    parsed = parse_table_name(table)
+    return ray.data.read_iceberg(
+        table_identifier=parsed.full,
+        snapshot_id=snapshot_id,
+        catalog_kwargs={
+            "name": CATALOG_NAME,
+            "type": "sql",
+            "uri": catalog_uri(settings),
+            "warehouse": warehouse_uri(settings),
+        },
+        **read_options,
+    )

@@ -93,7 +93,14 @@ class LakeService:
         # pyiceberg and DuckDB block; keep them off the event loop that serves callers.
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
-    # --- tables ------------------------------------------------------------------
+    # --- namespaces and tables ------------------------------------------------------
+
+    async def list_namespaces(self) -> list[str]:
+        return await self._run(self.core.list_namespaces)
+
+    async def create_namespace(self, namespace: str, *, exist_ok: bool = False) -> None:
+        """Create a namespace; ``default`` exists on first use, others are explicit."""
+        await self._run(self.core.create_namespace, namespace, exist_ok=exist_ok)
 
     async def list_tables(self, namespace: str | None = None) -> list[str]:
         return await self._run(self.core.list_tables, namespace)

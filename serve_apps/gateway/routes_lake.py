@@ -49,6 +49,11 @@ class ColumnSpec(BaseModel):
     required: bool = False
 
 
+class Namespace(BaseModel):
+    name: str = Field(min_length=1, examples=["sales"])
+    exist_ok: bool = False
+
+
 class CreateTable(BaseModel):
     name: str = Field(description="namespace.table (namespace 'default' when omitted)")
     columns: list[ColumnSpec] = Field(min_length=1)
@@ -106,7 +111,7 @@ def _result(table: pa.Table, fmt: ResultFormat) -> Response:
 
 async def _spool(request: Request, folder: Path, suffix: str) -> Path:
     """Stream the request body to a file; refuse bodies over ``MAX_UPLOAD_BYTES``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one cheap syscall
     path = folder / f"{uuid.uuid4().hex}.{suffix}"
     size = 0
     # Small synchronous writes of already-received chunks; aiofiles would add a thread hop
@@ -146,6 +151,15 @@ def _rows_table(payload: Any) -> pa.Table:
 def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
     """Routes over ``lake`` (in-process or the actor pool); uploads spool in ``spool_dir``."""
     router = APIRouter(prefix="/lake", tags=["lake"])
+
+    @router.get("/namespaces", dependencies=[READ], summary="Namespaces.")
+    async def list_namespaces() -> list[str]:
+        return await lake.list_namespaces()
+
+    @router.post("/namespaces", status_code=201, dependencies=[WRITE], summary="Create one.")
+    async def create_namespace(body: Namespace) -> dict[str, str]:
+        await lake.create_namespace(body.name, exist_ok=body.exist_ok)
+        return {"namespace": body.name}
 
     @router.get("/tables", dependencies=[READ], summary="Tables, optionally of one namespace.")
     async def list_tables(namespace: str | None = None) -> list[str]:
