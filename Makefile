@@ -37,7 +37,7 @@ format: setup
 	$(BIN)/ruff check --fix .
 
 bench: setup ## every benchmark; each ends with `target NAME: ... met|missed` lines
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 up: setup
 	$(BIN)/datapunk up

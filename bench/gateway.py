@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -55,19 +54,16 @@ HOST = "127.0.0.1"
 # Outside 10002-19999: `ray start` reserves that range for worker ports and refuses a
 # GCS or dashboard port inside it; and away from the ports a developer's platform uses.
 RAY_PORT, DASHBOARD_PORT, GATEWAY_PORT, UVICORN_PORT = 21400, 21465, 21480, 21490
-# Serve binds these at fixed defaults on every head (HAProxy stats 8404 and metrics
-# 9101 on all interfaces, fallback proxy 8500/9500, replica ports from 30000): a
-# developer's platform or the Ray tests would collide with us, or we with them.
-SERVE_PORT_ENV = {
-    "RAY_SERVE_HAPROXY_STATS_PORT": "21404",
-    "RAY_SERVE_HAPROXY_METRICS_PORT": "21405",
-    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": "21450",
-    "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": "21451",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": "21500",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": "21599",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": "21600",
-    "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": "21699",
+# Serve binds fixed ports (HAProxy stats and metrics, fallback proxy, replica ports) and
+# Ray its client server and dashboard agent: ours must not meet a developer's platform's
+# or the Ray tests'. Settings carry them all (serve_env passes them to Ray).
+SERVE_PORTS = {
+    "haproxy_stats_port": 21404,
+    "haproxy_metrics_port": 21405,
+    "fallback_proxy_port": 21450,
+    "replica_port_min": 41000,
 }
+RAY_SIDE_PORTS = {"client_server_port": 21401, "dashboard_agent_port": 21466}
 ENDPOINT = "/api/v1/whoami"
 PLAN = ((1, 1000), (8, 4000), (32, 6000))  # (concurrency, timed requests)
 QUICK_SCALE = 0.1
@@ -114,7 +110,7 @@ def other_mode(mode: ServeMode) -> ServeMode:
 
 def bench_settings(data_dir: Path, mode: ServeMode | None = None) -> Settings:
     """Private data dir and ports, embedded adapters; Serve switches from config or ``mode``."""
-    gateway: dict[str, Any] = {"port": GATEWAY_PORT}
+    gateway: dict[str, Any] = {"port": GATEWAY_PORT, **SERVE_PORTS}
     if mode is not None:
         gateway |= {"throughput_optimized": mode.throughput_optimized, "ha_proxy": mode.ha_proxy}
     return load_settings(
@@ -123,7 +119,12 @@ def bench_settings(data_dir: Path, mode: ServeMode | None = None) -> Settings:
         redis_url=None,
         amqp_url=None,
         consul_url=None,
-        ray={"address": None, "port": RAY_PORT, "dashboard_port": DASHBOARD_PORT},
+        ray={
+            "address": None,
+            "port": RAY_PORT,
+            "dashboard_port": DASHBOARD_PORT,
+            **RAY_SIDE_PORTS,
+        },
         gateway=gateway,
     )
 
@@ -299,7 +300,6 @@ def _progress() -> Progress:
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[Row]:
     """uvicorn for the whole run; per Serve mode one platform up, measured, down."""
-    os.environ.update(SERVE_PORT_ENV)  # reaches Ray's processes through `ray start`'s env
     settings = bench_settings(workdir)
     modes = [mode_of(settings)]
     if args.compare_serve_modes:

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli_keys import db_app, keys_app
+from cluster.cli_lake import lake_app
 from cluster.cli_support import fail, stderr_console
 from cluster.console import console, key_value_table, quiet_library_logs, stepper
 from cluster.errors import DatapunkError
@@ -32,6 +33,7 @@ app = typer.Typer(
 )
 app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
 app.add_typer(db_app, name="db", help="Platform database migrations.")
+app.add_typer(lake_app, name="lake", help="Lake tables: create, load, query, time travel.")
 UP_STEPS = 6
 
 

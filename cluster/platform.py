@@ -180,27 +180,17 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
         step("cleaning up a platform that did not stop cleanly")
         _teardown(settings, state)
     address = address or settings.ray.address
-    marker = None if address else uuid.uuid4().hex
-    if address:
-        step(f"joining Ray cluster at {address}")
-        gcs, dashboard = address, head_addresses(settings).dashboard_url
-    else:
-        step("starting the Ray head (token auth on)")
-        assert marker is not None
-        addrs = start_head(settings, marker)
-        gcs, dashboard = addrs.gcs_address, addrs.dashboard_url
-    state = PlatformState(
-        gcs_address=gcs,
-        dashboard_url=dashboard,
-        gateway_url=gateway_url(settings),
-        started_head=marker is not None,
-        marker=marker,
-        started_at=time.time(),
-    )
+    state = _new_state(settings, address)
+    # Saved before `ray start`: an interrupted start still leaves the marker `down` needs.
     state.save(settings.state_path)
     try:
+        if state.marker:
+            step("starting the Ray head (token auth on)")
+            start_head(settings, state.marker)
+        else:
+            step(f"joining Ray cluster at {address}")
         step("connecting to Ray")
-        connect(settings, gcs)
+        connect(settings, state.gcs_address)
         step("deploying actor pools and the gateway on Serve")
         deploy(settings)
         step("waiting for the gateway to be ready")
@@ -211,6 +201,19 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
     finally:
         disconnect()
     return UpResult(state, already_running=False, db_revision=revision, urls=urls(settings, state))
+
+
+def _new_state(settings: Settings, address: str | None) -> PlatformState:
+    """What this `up` will run: a head of our own (with a marker) or a joined cluster."""
+    addrs = head_addresses(settings)
+    return PlatformState(
+        gcs_address=address or addrs.gcs_address,
+        dashboard_url=addrs.dashboard_url,
+        gateway_url=gateway_url(settings),
+        started_head=address is None,
+        marker=None if address else uuid.uuid4().hex,
+        started_at=time.time(),
+    )
 
 
 def _teardown(settings: Settings, state: PlatformState) -> int:

@@ -97,12 +97,27 @@ def ray_env(settings: Settings, marker: str | None = None) -> dict[str, str]:
 
 
 def serve_env(settings: Settings) -> dict[str, str]:
-    """Serve's process-level switches; the controller reads them when it starts."""
+    """Serve's process-level switches and ports; the controller reads them when it starts."""
+    gateway = settings.gateway
     flags = {
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": settings.gateway.throughput_optimized,
-        "RAY_SERVE_ENABLE_HA_PROXY": settings.gateway.ha_proxy,
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": gateway.throughput_optimized,
+        "RAY_SERVE_ENABLE_HA_PROXY": gateway.ha_proxy,
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": gateway.haproxy_metrics,
     }
-    return {name: "1" if on else "0" for name, on in flags.items()}
+    env = {name: "1" if on else "0" for name, on in flags.items()}
+    low = gateway.replica_port_min
+    ports = {
+        "RAY_SERVE_HAPROXY_STATS_PORT": gateway.haproxy_stats_port,
+        "RAY_SERVE_HAPROXY_METRICS_PORT": gateway.haproxy_metrics_port,
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": gateway.fallback_proxy_port,
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": gateway.fallback_proxy_port + 1000,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": low,
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": low + 999,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": low + 10000,
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": low + 10999,
+    }
+    env.update({name: str(port) for name, port in ports.items()})
+    return env
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

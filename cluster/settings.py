@@ -95,6 +95,25 @@ class GatewaySettings(_Section):
     auth_cache_ttl_s: float = Field(
         5.0, ge=0, le=300, description="Seconds a verified API key is trusted before re-reading."
     )
+    haproxy_metrics: bool = Field(
+        False,
+        description="Serve's per-request HAProxy log parsing; the gateway's own /metrics "
+        "already counts requests, and this costs ~0.1 ms CPU per request.",
+    )
+    # Serve's HAProxy mode binds these fixed ports; two platforms on one machine (a
+    # developer's and the test suite's) need their own.
+    haproxy_stats_port: int = Field(8404, ge=1024, le=65535, description="HAProxy stats.")
+    haproxy_metrics_port: int = Field(9101, ge=1024, le=65535, description="HAProxy metrics.")
+    fallback_proxy_port: int = Field(
+        8500, ge=1024, le=65534, description="Serve's fallback proxy (HTTP; gRPC is +1000)."
+    )
+    replica_port_min: int = Field(
+        30000,
+        ge=1024,
+        le=54000,
+        description="First of 1000 direct-ingress replica ports "
+        "(HTTP; gRPC ports start 10000 higher).",
+    )
 
 
 class LakeSettings(_Section):

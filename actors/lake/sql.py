@@ -139,7 +139,7 @@ def _syntax_tree(query: str) -> Any:
         try:
             statements = con.extract_statements(query)
         except duckdb.Error as exc:
-            raise SqlError(query=query, reason=_first_line(exc)) from None
+            raise SqlError(query=query, reason=_parse_reason(exc)) from None
         _check_statements(query, statements)
         row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
     finally:
@@ -190,6 +190,17 @@ def _walk(node: Any, tables: list[tuple[str, ...]], ctes: set[str], functions: l
 
 def _is_cte(parts: tuple[str, ...], ctes: set[str]) -> bool:
     return len(parts) == 1 and parts[0].lower() in ctes
+
+
+def _parse_reason(exc: BaseException) -> str:
+    reason = _first_line(exc)
+    if 'near "default"' in reason.lower():
+        # Tables land in namespace `default`, which is also an SQL keyword.
+        reason += (
+            '; DEFAULT is an SQL keyword: quote the namespace ("default".orders) '
+            "or name the table alone (orders)"
+        )
+    return reason
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ray_runtime import use_token_auth
+from cluster.ray_runtime import serve_env, use_token_auth
 from cluster.settings import Settings, load_settings
 
 TEST_NAMESPACE = "datapunk-test"
 TEST_GATEWAY_PORT = 28100  # outside Ray's worker-port range 10002-19999
+# Serve's own fixed ports, moved so a developer's running platform never meets ours.
+TEST_SERVE_PORTS = {
+    "haproxy_stats_port": 28404,
+    "haproxy_metrics_port": 28405,
+    "fallback_proxy_port": 28450,
+    "replica_port_min": 43000,
+}
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +34,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
-    env = {
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    }
+    # The local cluster's processes inherit this process's environment.
+    env = {"RAY_USAGE_STATS_ENABLED": "0", **serve_env(load_settings(gateway=TEST_SERVE_PORTS))}
     saved = {key: os.environ.get(key) for key in [*env, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"]}
     os.environ.update(env)
     use_token_auth(token)
@@ -62,5 +66,5 @@ def ray_settings(ray_cluster: None, data_dir: Path) -> Settings:
     return load_settings(
         data_dir=data_dir,
         ray={"namespace": TEST_NAMESPACE},
-        gateway={"port": TEST_GATEWAY_PORT},
+        gateway={"port": TEST_GATEWAY_PORT, **TEST_SERVE_PORTS},
     )

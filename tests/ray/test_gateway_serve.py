@@ -21,8 +21,9 @@ from cluster.db.engine import create_engine, session_factory
 from cluster.db.migrate import upgrade
 from cluster.pools import actor_name, start_pools, stop_pools
 from cluster.security.keys import KeyStore
-from cluster.settings import Settings
+from cluster.settings import Settings, load_settings
 from serve_apps.gateway import build
+from tests.ray.conftest import TEST_GATEWAY_PORT, TEST_NAMESPACE, TEST_SERVE_PORTS
 
 APP_NAME = "gateway-test"
 
@@ -49,13 +50,11 @@ async def _keys(settings: Settings) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def deployed(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-    from cluster.settings import load_settings
-    from tests.ray.conftest import TEST_GATEWAY_PORT, TEST_NAMESPACE
 
     settings = load_settings(
         data_dir=tmp_path_factory.mktemp("gateway"),
         ray={"namespace": TEST_NAMESPACE},
-        gateway={"port": TEST_GATEWAY_PORT, "auth_cache_ttl_s": 0.5},
+        gateway={"port": TEST_GATEWAY_PORT, "auth_cache_ttl_s": 0.5, **TEST_SERVE_PORTS},
     )
     admin, analyst = asyncio.run(_keys(settings))
     serve.start(http_options={"host": "127.0.0.1", "port": TEST_GATEWAY_PORT})
@@ -120,7 +119,8 @@ def _replica_ports() -> list[int]:
     """Ports the Serve replicas listen on for direct ingress (HAProxy's backends)."""
     ports = set()
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and 30000 <= conn.laddr.port < 31000:
+        low = TEST_SERVE_PORTS["replica_port_min"]
+        if conn.status == psutil.CONN_LISTEN and low <= conn.laddr.port < low + 1000:
             ports.add(conn.laddr.port)
     return sorted(ports)
 

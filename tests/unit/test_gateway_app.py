@@ -15,10 +15,7 @@ import pytest
 from fastapi import Depends, FastAPI
 
 import serve_apps.gateway.asgi as gateway_app
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
 from cluster.errors import NotFoundError, ServiceUnavailableError
-from cluster.security.auth_cache import CachedAuthenticator
 from cluster.security.keys import KeyStore
 from cluster.security.principal import Principal
 from cluster.security.rbac import ROLE_PERMISSIONS, Permission, Role
@@ -27,9 +24,9 @@ from serve_apps.gateway.asgi import GatewayDeps, create_app
 from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.middleware import request_id_from
 from tests.clock import FakeClock
+from tests.unit.gateway_support import authenticator, client, error_of, key_store
 
 HEX_ID = re.compile(r"^[0-9a-f]{32}$")
-ERROR_KEYS = {"code", "message", "request_id"}
 Check = Callable[[], Awaitable[None]]
 
 
@@ -52,44 +49,23 @@ class Gateway:
 
 @pytest.fixture
 async def gateway(data_dir: Path) -> AsyncIterator[Gateway]:
-    settings = Settings(data_dir=data_dir)
-    await upgrade(settings)
-    engine = create_engine(settings)
     clock = FakeClock()
-    store = KeyStore(session_factory(engine), now=clock.now)
+    async with key_store(Settings(data_dir=data_dir), clock) as store:
 
-    def build(
-        readiness: Mapping[str, Check] | None = None,
-        platform_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        *,
-        echo_request_id: bool = True,
-    ) -> FastAPI:
-        authenticator = CachedAuthenticator(store, ttl_s=5.0, now=clock.monotonic, utcnow=clock.now)
-        deps = GatewayDeps(
-            authenticator=authenticator,
-            readiness={"database": _ok} if readiness is None else readiness,
-            platform_status=platform_status,
-        )
-        return create_app(deps, echo_request_id=echo_request_id)
+        def build(
+            readiness: Mapping[str, Check] | None = None,
+            platform_status: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+            *,
+            echo_request_id: bool = True,
+        ) -> FastAPI:
+            deps = GatewayDeps(
+                authenticator=authenticator(store, clock),
+                readiness={"database": _ok} if readiness is None else readiness,
+                platform_status=platform_status,
+            )
+            return create_app(deps, echo_request_id=echo_request_id)
 
-    try:
         yield Gateway(store=store, clock=clock, build=build)
-    finally:
-        await engine.dispose()
-
-
-def client(app: FastAPI) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
-
-
-def error_of(reply: httpx.Response) -> dict[str, Any]:
-    """The one error body; its request id is the one the response header carries."""
-    assert reply.headers["content-type"].startswith("application/json")
-    body = reply.json()
-    assert set(body["error"]) == ERROR_KEYS, body
-    assert body["error"]["request_id"] == reply.headers["x-request-id"]
-    error: dict[str, Any] = body["error"]
-    return error
 
 
 async def get(app: FastAPI, path: str, **kwargs: Any) -> httpx.Response:
