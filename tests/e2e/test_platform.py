@@ -65,6 +65,55 @@ def test_a_key_revoked_over_rest_stops_working(platform: Platform) -> None:
         assert client.get("/api/v1/whoami", headers=service).status_code == 401
 
 
+def test_lake_tables_through_the_gateway_and_the_actor_pool(platform: Platform) -> None:
+    engineer = {"Authorization": f"Bearer {_key(platform, 'engineer')}"}
+    analyst = {"X-API-Key": _key(platform, "analyst")}
+    table = "e2e.orders"
+    with httpx.Client(base_url=f"{platform.gateway}/api/v1/lake", timeout=60) as lake:
+        assert lake.post("/namespaces", json={"name": "e2e"}, headers=engineer).status_code == 201
+        created = lake.post(
+            "/tables",
+            json={
+                "name": table,
+                "columns": [
+                    {"name": "id", "type": "long", "required": True},
+                    {"name": "region", "type": "string"},
+                    {"name": "amount", "type": "double"},
+                ],
+                "partition_by": ["region"],
+            },
+            headers=engineer,
+        )
+        assert created.status_code == 201, created.text
+        rows = [{"id": 1, "region": "eu", "amount": 10.0}, {"id": 2, "region": "us", "amount": 5.5}]
+        first = lake.post(f"/tables/{table}/append", json=rows, headers=engineer)
+        assert first.status_code == 200, first.text
+        csv = "id,region,amount\n3,eu,2.5\n"
+        upload = lake.post(
+            f"/tables/{table}/append",
+            content=csv,
+            headers={**engineer, "Content-Type": "text/csv"},
+        )
+        assert upload.status_code == 200, upload.text
+        assert lake.post(f"/tables/{table}/append", json=rows, headers=analyst).status_code == 403
+        sql = lake.post(
+            "/sql",
+            json={
+                "query": f"SELECT region, sum(amount) AS total FROM {table} "
+                "GROUP BY region ORDER BY region"
+            },
+            headers=analyst,
+        )
+        assert sql.status_code == 200, sql.text
+        assert sql.json() == [{"region": "eu", "total": 12.5}, {"region": "us", "total": 5.5}]
+        before = lake.post(
+            f"/tables/{table}/query",
+            json={"snapshot_id": first.json()["snapshot_id"], "columns": ["id"]},
+            headers=analyst,
+        )
+        assert sorted(r["id"] for r in before.json()) == [1, 2]
+
+
 def test_status_reports_every_component_healthy(platform: Platform) -> None:
     report = platform.datapunk("status", "--json")
     assert report.returncode == 0, report.stdout + report.stderr
