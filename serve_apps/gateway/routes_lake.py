@@ -8,21 +8,24 @@ Query results are encoded as JSON (default), CSV, Parquet or Arrow IPC (``format
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 
 import pyarrow as pa
-from fastapi import APIRouter, Depends, Request
+import pyarrow.types as pat
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
+from actors.lake.errors import SchemaMismatchError
 from actors.lake.formats import encode
 from actors.lake.service import LakeService
 from actors.lake.specs import parse_type
-from cluster.errors import InvalidInputError
+from cluster.errors import DatapunkError, InvalidInputError
 from serve_apps.gateway.auth import permission
 
 ResultFormat = Literal["json", "csv", "parquet", "arrow"]
@@ -62,7 +65,7 @@ class CreateTable(BaseModel):
     properties: dict[str, str] = Field(default_factory=dict)
 
 
-class Query(BaseModel):
+class ScanQuery(BaseModel):
     columns: list[str] | None = None
     filter: str | None = Field(None, examples=["amount > 10 and region = 'eu'"])
     snapshot_id: int | None = None
@@ -109,30 +112,62 @@ def _result(table: pa.Table, fmt: ResultFormat) -> Response:
     return Response(body, media_type=media_type, headers={"X-Row-Count": str(table.num_rows)})
 
 
-async def _spool(request: Request, folder: Path, suffix: str) -> Path:
-    """Stream the request body to a file; refuse bodies over ``MAX_UPLOAD_BYTES``."""
-    folder.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - one cheap syscall
+def _open_spool_file(folder: Path, suffix: str) -> tuple[Path, BinaryIO]:
+    # Small synchronous file-system calls on a local disk; a thread hop per call (aiofiles)
+    # would cost more than it saves.
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.{suffix}"
+    return path, path.open("wb")
+
+
+async def _spool(request: Request, folder: Path, suffix: str) -> Path:
+    """Stream the request body to a file; refuse bodies over ``MAX_UPLOAD_BYTES``.
+
+    Whatever ends the upload early (too large, the client gone, cancellation) removes
+    the partial file: the spool holds only uploads being appended.
+    """
+    path, out = _open_spool_file(folder, suffix)
     size = 0
-    # Small synchronous writes of already-received chunks; aiofiles would add a thread hop
-    # per chunk for no gain on a local disk.
-    with path.open("wb") as out:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
-                break
-            out.write(chunk)
-    if size > MAX_UPLOAD_BYTES:
+    try:
+        with out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_UPLOAD_BYTES:
+                    raise InvalidInputError(
+                        field="body",
+                        value=f"over {MAX_UPLOAD_BYTES} bytes",
+                        allowed="split the upload into smaller appends",
+                    )
+                out.write(chunk)
+    except BaseException:
         path.unlink(missing_ok=True)
-        raise InvalidInputError(
-            field="body",
-            value=f"over {MAX_UPLOAD_BYTES} bytes",
-            allowed="split the upload into smaller appends",
-        )
+        raise
     return path
 
 
-def _rows_table(payload: Any) -> pa.Table:
+def _about_the_body(exc: DatapunkError, path: Path) -> DatapunkError:
+    """``exc`` naming "the request body" instead of the spool file (a server-side path)."""
+    where = str(path)
+    if where not in exc.message:
+        return exc
+    said = "the request body"
+    clone = copy.copy(exc)
+    clone.message = exc.message.replace(repr(where), said).replace(where, said)
+    clone.fields = {k: said if v == where else v for k, v in exc.fields.items()}
+    clone.args = (clone.message,)
+    return clone
+
+
+async def _json_payload(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise InvalidInputError(field="body", value=str(exc), allowed="JSON") from None
+
+
+async def _json_rows(lake: LakeService, name: str, request: Request) -> pa.Table:
+    """The JSON body's rows as Arrow, typed by the table (which must exist: 404 first)."""
+    payload = await _json_payload(request)
     rows = payload.get("rows") if isinstance(payload, dict) else payload
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise InvalidInputError(
@@ -140,12 +175,62 @@ def _rows_table(payload: Any) -> pa.Table:
             value=type(rows).__name__,
             allowed='a non-empty JSON list of row objects, or {"rows": [...]}',
         )
+    columns = (await lake.describe(name))["schema"]
+    return typed_rows(name, rows, columns)
+
+
+def typed_rows(table: str, rows: list[dict[str, Any]], columns: list[dict[str, Any]]) -> pa.Table:
+    """JSON rows as Arrow, typed by the table's ``columns`` where JSON cannot say the type.
+
+    JSON has numbers, strings, booleans and null, and this API's own JSON results write
+    timestamps and dates as ISO 8601 text and decimals as text. So such text becomes the
+    column's type, an integer in a floating or decimal column becomes that type, and a
+    column of nulls takes the table's type. Anything else is left to the write's schema
+    check, which names the column and both types (a string into a long column, say).
+    """
     try:
-        return pa.Table.from_pylist(rows)
+        data = pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InvalidInputError(
             field="rows", value=str(exc).splitlines()[0], allowed="one type per column"
         ) from None
+    wanted = {column["name"]: column["type"] for column in columns}
+    for index, field in enumerate(data.schema):
+        target = _arrow_type(wanted.get(field.name))
+        if target is None or field.type == target:
+            continue
+        if pat.is_null(field.type):
+            data = data.set_column(index, field.name, pa.nulls(data.num_rows, target))
+        elif _json_converts(field.type, target):
+            try:
+                column = data.column(index).cast(target)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise SchemaMismatchError(
+                    table=table,
+                    column=field.name,
+                    table_type=wanted[field.name],
+                    incoming_type=f"{field.type} values that do not convert "
+                    f"({str(exc).splitlines()[0]})",
+                    fix="send times and dates as ISO 8601 text (a zone offset for "
+                    'timestamptz) and decimals as text such as "12.30"',
+                ) from None
+            data = data.set_column(index, field.name, column)
+    return data
+
+
+def _arrow_type(iceberg_type: str | None) -> pa.DataType | None:
+    if iceberg_type is None:
+        return None
+    try:
+        return schema_to_pyarrow(parse_type(iceberg_type))
+    except InvalidInputError:  # nested: the JSON value has its shape already
+        return None
+
+
+def _json_converts(source: pa.DataType, target: pa.DataType) -> bool:
+    if pat.is_string(source):
+        return bool(pat.is_timestamp(target) or pat.is_date(target) or pat.is_decimal(target))
+    return bool(pat.is_integer(source) and (pat.is_floating(target) or pat.is_decimal(target)))
 
 
 def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
@@ -187,11 +272,8 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
     async def append(name: str, request: Request, evolve: bool = True) -> dict[str, Any]:
         media = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if media == "application/json":
-            try:
-                payload = json.loads(await request.body())
-            except ValueError as exc:
-                raise InvalidInputError(field="body", value=str(exc), allowed="JSON") from None
-            return await lake.append(name, _rows_table(payload), evolve=evolve)
+            rows = await _json_rows(lake, name, request)
+            return await lake.append(name, rows, evolve=evolve)
         fmt = _UPLOAD_TYPES.get(media)
         if fmt is None:
             raise InvalidInputError(
@@ -199,9 +281,12 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
                 value=media,
                 allowed="application/json or one of " + ", ".join(sorted(_UPLOAD_TYPES)),
             )
+        await lake.describe(name)  # an unknown table is refused before the body is spooled
         path = await _spool(request, spool_dir, fmt)
         try:
             return await lake.append_file(name, str(path), fmt=fmt, evolve=evolve)
+        except DatapunkError as exc:
+            raise _about_the_body(exc, path) from None
         finally:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -211,8 +296,12 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         dependencies=[WRITE],
         summary="Update rows matching on key columns, insert the rest.",
     )
-    async def upsert(name: str, request: Request, key: list[str]) -> dict[str, Any]:
-        return await lake.upsert(name, _rows_table(json.loads(await request.body())), key)
+    async def upsert(
+        name: str,
+        request: Request,
+        key: Annotated[list[str], Query(min_length=1, description="Key column; repeat.")],
+    ) -> dict[str, Any]:
+        return await lake.upsert(name, await _json_rows(lake, name, request), key)
 
     @router.post("/tables/{name}/delete", dependencies=[WRITE], summary="Delete rows by filter.")
     async def delete(name: str, body: Rows) -> dict[str, Any]:
@@ -223,7 +312,7 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         dependencies=[READ],
         summary="Columns and filter pushed down, optionally at a snapshot or time.",
     )
-    async def query(name: str, body: Query) -> Response:
+    async def query(name: str, body: ScanQuery) -> Response:
         table = await lake.scan(
             name,
             columns=body.columns,

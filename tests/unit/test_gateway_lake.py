@@ -17,7 +17,6 @@ import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 
 from actors.lake.service import LakeService
 from cluster.security.rbac import Role
@@ -343,13 +342,20 @@ WRITES = {
 
 
 def lake_routes(app: FastAPI) -> set[tuple[str, str]]:
-    """Every (method, path) the lake router serves, path relative to ``/api/v1/lake``."""
-    return {
-        (method, route.path.removeprefix(LAKE))
-        for route in app.routes
-        if isinstance(route, APIRoute) and route.path.startswith(LAKE)
-        for method in route.methods
+    """Every (method, path) the lake router serves, path relative to ``/api/v1/lake``.
+
+    Read from the OpenAPI schema: FastAPI 0.165 keeps included routers behind a lazy
+    ``_IncludedRouter`` in ``app.routes``, and the schema is its public listing.
+    """
+    paths: dict[str, dict[str, Any]] = app.openapi()["paths"]
+    found = {
+        (method.upper(), path.removeprefix(LAKE))
+        for path, operations in paths.items()
+        if path.startswith(LAKE + "/")
+        for method in operations
     }
+    assert found, "no lake routes: is the router mounted?"
+    return found
 
 
 def test_every_lake_route_is_classified(api: Api) -> None:
