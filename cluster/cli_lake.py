@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 lake_app = typer.Typer(
     help="Lake tables: create, load, query, time travel and maintain.", no_args_is_help=True
 )
+namespace_app = typer.Typer(help="Namespaces: groups of tables.", no_args_is_help=True)
+lake_app.add_typer(namespace_app, name="namespace")
 
 TableName = Annotated[
     str, typer.Argument(help="namespace.table (namespace 'default' when omitted).")
@@ -60,12 +62,12 @@ def _said(message: str) -> None:
     stdout_console().print(message, soft_wrap=True)
 
 
-def _print_rows(table: pa.Table, fmt: Output, title: str | None = None) -> None:
+def _print_rows(table: pa.Table, fmt: Output) -> None:
     from actors.lake.formats import encode
     from cluster.cli_lake_render import rows_table
 
     if fmt is Output.table:
-        stdout_console().print(rows_table(table, title))
+        stdout_console().print(rows_table(table))
         return
     body, _ = encode(table, "json" if fmt is Output.json else "csv")
     text = body.decode("utf-8")
@@ -115,6 +117,24 @@ def ls(
     else:
         for name in names:
             _said(escape(name))
+
+
+@namespace_app.command("ls")
+def namespace_ls(ctx: typer.Context) -> None:
+    """List namespaces, one per line."""
+    for namespace in run_cli(_lake(ctx).list_namespaces()):
+        _said(escape(namespace))
+
+
+@namespace_app.command("create")
+def namespace_create(
+    ctx: typer.Context,
+    namespace: Annotated[str, typer.Argument(help="Letters, digits and _.")],
+    exist_ok: Annotated[bool, typer.Option("--exist-ok", help="An existing one is fine.")] = False,
+) -> None:
+    """Create a namespace (`default` needs none: it appears with its first table)."""
+    run_cli(_lake(ctx).create_namespace(namespace, exist_ok=exist_ok))
+    _said(f"namespace [bold]{escape(namespace)}[/] is ready")
 
 
 async def _create(lake: LakeService, name: str, source: Path, options: dict[str, Any]) -> Any:

@@ -38,7 +38,8 @@ class NamespaceNotFoundError(NotFoundError):
         super().__init__(
             kind="namespace",
             name=namespace,
-            fix=f"create it first (create_namespace({namespace!r})) or {LIST_TABLES_FIX}",
+            fix=f"create it first (`datapunk lake namespace create {namespace}`) "
+            f"or {LIST_TABLES_FIX}",
         )
 
 

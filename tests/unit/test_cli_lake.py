@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import click
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -186,7 +187,10 @@ def test_create_needs_columns_or_a_file_but_not_both(runner: CliRunner, tmp_path
 
 
 def test_query_sql_aggregates(loaded: CliRunner) -> None:
-    sql = "SELECT region, sum(amount) AS total, count(*) AS n FROM orders GROUP BY region ORDER BY region"
+    sql = (
+        "SELECT region, sum(amount) AS total, count(*) AS n "
+        "FROM orders GROUP BY region ORDER BY region"
+    )
     rows = json.loads(ok(loaded, "lake", "query", sql, "--format", "json").stdout)
     assert rows == [
         {"region": "apac", "total": 2.0, "n": 1},
@@ -357,16 +361,36 @@ def test_bad_partition_and_table_names_are_one_line(runner: CliRunner) -> None:
 
 
 def test_commands_named_in_lake_error_messages_exist() -> None:
-    """Fixes in error messages say `datapunk lake X ...`; each X must be a real command."""
+    """Fixes in error messages say `datapunk lake X [Y]`; each must be a real command."""
     package = Path(actors.lake.__file__).parent
     named = {
         match
         for source in package.glob("*.py")
-        for match in re.findall(r"`datapunk lake (\w+)", source.read_text())
+        for match in re.findall(r"`datapunk lake (\w+)(?: (\w+))?", source.read_text())
     }
-    assert {"ls", "drop", "history"} <= named
+    assert {first for first, _ in named} >= {"ls", "drop", "history", "namespace"}
     group: Any = get_command(lake_app)
-    assert named <= set(group.commands)
+    commands = group.commands
+    for first, second in named:
+        assert first in commands, first
+        if isinstance(commands[first], click.Group):
+            assert second in commands[first].commands, (first, second)
+
+
+def test_namespaces_are_created_and_listed(runner: CliRunner) -> None:
+    create = ("lake", "create", "sales.orders", "--column", "id:long")
+    missing = one_error_line(invoke(runner, *create))
+    assert "namespace 'sales' does not exist" in missing
+    assert "`datapunk lake namespace create sales`" in missing
+    assert "is ready" in ok(runner, "lake", "namespace", "create", "sales").stdout
+    again = one_error_line(invoke(runner, "lake", "namespace", "create", "sales"))
+    assert "namespace 'sales' already exists" in again
+    ok(runner, "lake", "namespace", "create", "sales", "--exist-ok")
+    ok(runner, *create)
+    assert ok(runner, "lake", "namespace", "ls").stdout.split() == ["sales"]
+    assert ok(runner, "lake", "ls", "sales").stdout.split() == ["sales.orders"]
+    unknown = one_error_line(invoke(runner, "lake", "ls", "nowhere"))
+    assert "namespace 'nowhere' does not exist" in unknown
 
 
 def test_progress_output_stays_off_stdout(runner: CliRunner, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from actors.lake.service import LakeService
 from cluster.security.rbac import Role
 from cluster.settings import Settings
+from serve_apps.gateway import routes_lake
 from serve_apps.gateway.asgi import GatewayDeps, create_app
 from tests.clock import FakeClock
 from tests.unit.gateway_support import authenticator, client, error_of, key_store
@@ -167,6 +168,22 @@ async def test_create_then_append_json_csv_parquet_and_arrow(api: Api) -> None:
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
     assert rows[1] == {"id": 2, "region": "us", "amount": 20.0, "ts": None}
     assert rows[2]["ts"] == "2026-01-01T00:00:00"
+
+
+async def test_namespaces_hold_tables_sql_names_them_plainly(api: Api) -> None:
+    missing = await api.call("POST", "/tables", json={**CREATE, "name": "sales.orders"})
+    assert "namespace 'sales' does not exist" in lake_error(missing, 404, "namespace_not_found")
+    created = await api.call("POST", "/namespaces", json={"name": "sales"})
+    assert created.status_code == 201, created.text
+    again = await api.call("POST", "/namespaces", json={"name": "sales"})
+    assert "already exists" in lake_error(again, 409, "namespace_exists")
+    await api.ok("POST", "/namespaces", json={"name": "sales", "exist_ok": True})
+    assert await api.ok("GET", "/namespaces") == ["sales"]
+    await api.ok("POST", "/tables", json={**CREATE, "name": "sales.orders"})
+    await api.ok("POST", "/tables/sales.orders/append", json=JSON_ROWS)
+    query = {"query": "SELECT sum(amount) AS total FROM sales.orders"}
+    assert await api.ok("POST", "/sql", json=query) == [{"total": 30.0}]
+    assert await api.ok("GET", "/tables", params={"namespace": "sales"}) == ["sales.orders"]
 
 
 async def test_a_bare_json_list_and_json_lines_also_append(seeded: Api) -> None:
@@ -325,6 +342,7 @@ async def test_maintenance_compacts_and_removes_orphans_then_describe(seeded: Ap
 # --- permissions -------------------------------------------------------------------------
 
 READS = {
+    ("GET", "/namespaces"): {},
     ("GET", "/tables"): {},
     ("GET", "/tables/{name}"): {},
     ("GET", "/tables/{name}/history"): {},
@@ -332,6 +350,7 @@ READS = {
     ("POST", "/sql"): {"json": {"query": "SELECT count(*) AS n FROM orders"}},
 }
 WRITES = {
+    ("POST", "/namespaces"): {"json": {"name": "sales"}},
     ("POST", "/tables"): {"json": {**CREATE, "name": "other"}},
     ("POST", "/tables/{name}/append"): {"json": {"rows": JSON_ROWS}},
     ("POST", "/tables/{name}/upsert"): {"params": {"key": "id"}, "json": {"rows": JSON_ROWS}},
@@ -374,6 +393,7 @@ async def test_analyst_gets_403_on_writes_and_nothing_changes(
     assert "role 'analyst' lacks permission 'lake.table:write'" in message
     assert await seeded.snapshot() == before
     assert await seeded.ok("GET", "/tables") == [TABLE]
+    assert await seeded.ok("GET", "/namespaces") == ["default"]
 
 
 @pytest.mark.parametrize("route", sorted(READS), ids=" ".join)
@@ -515,6 +535,21 @@ async def test_bad_bodies_are_422(seeded: Api) -> None:
     exists = await seeded.call("POST", "/tables", json=CREATE)
     assert "already exists" in lake_error(exists, 409, "table_exists")
     assert await seeded.ok("GET", "/tables") == [TABLE]
+
+
+async def test_an_upload_over_the_limit_is_422_and_leaves_no_spool_file(
+    seeded: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(routes_lake, "MAX_UPLOAD_BYTES", 64)
+    reply = await seeded.call(
+        "POST",
+        f"/tables/{TABLE}/append",
+        content=CSV_BODY * 4,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert "over 64 bytes" in lake_error(reply, 422, "invalid_input")
+    seeded.assert_spool_empty()
+    assert [r["id"] for r in await seeded.rows()] == [1, 2]
 
 
 @pytest.mark.parametrize(
