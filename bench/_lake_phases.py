@@ -23,9 +23,11 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyiceberg.table import TableProperties
+from sqlalchemy import make_url
 
 from actors.lake.core import LakeCore
 from actors.lake.service import LakeService
@@ -310,9 +312,6 @@ def measure_commits(
 @contextmanager
 def temporary_database(admin_url: str) -> Iterator[str]:
     """A fresh PostgreSQL database for the catalog; its URL; dropped (forced) afterwards."""
-    import psycopg2
-    from sqlalchemy import make_url
-
     name = f"datapunk_bench_{os.getpid()}_{secrets.token_hex(3)}"
     admin = psycopg2.connect(admin_url, connect_timeout=10)
     admin.autocommit = True

@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
 import pyarrow as pa
 
 from cluster.console import console, stepper
@@ -64,6 +65,8 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @dataclass
 class Results:
+    """Every phase's measurements, for the report."""
+
     rows: int
     append: AppendResult
     scan: ScanResult
@@ -126,12 +129,9 @@ def _postgres_commits(
             return measure_commits(
                 settings, data, workdir / "raw-pg", label="PostgreSQL", step=step, **options
             )
-    except (DatapunkError, OSError, ImportError) as exc:
-        return CommitResult(catalog="PostgreSQL", error=str(exc).splitlines()[0])
-    except Exception as exc:  # psycopg2 errors: report, keep the other figures
-        if type(exc).__module__.startswith("psycopg2"):
-            return CommitResult(catalog="PostgreSQL", error=str(exc).splitlines()[0])
-        raise
+    except (DatapunkError, OSError, psycopg2.Error) as exc:  # report; keep the other figures
+        message = exc.message if isinstance(exc, DatapunkError) else str(exc)
+        return CommitResult(catalog="PostgreSQL", error=message.splitlines()[0])
 
 
 # --- report --------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def caption(r: Results) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{r.rows:,} rows: id int64, value float64, category string ({CATEGORIES} values), "
-        f"ts timestamp[us]; Parquet {options}. Baselines: append pq.write_table; scan "
+        f"ts timestamp\\[us]; Parquet {options}. Baselines: append pq.write_table; scan "
         f"pq.read_table of that file (and of the lake's own data files); GROUP BY DuckDB "
         f"read_parquet over the table's {r.sql.files} data file(s); commit: "
         f"{r.commit_rows}-row append, {timed} timed, vs pq.write_table of the same rows. "
@@ -227,7 +227,11 @@ def report(r: Results, args: argparse.Namespace) -> int:
     console.print(figures_table(title, figures(r), caption=caption(r)))
     failed = [c for c in r.commits if c.error and not args.skip_postgres]
     for c in failed:
-        console.print(f"[bold red]{c.catalog} phase did not run:[/] {c.error}", highlight=False)
+        console.print(
+            f"[bold red]{c.catalog} phase did not run:[/] {c.error}",
+            highlight=False,
+            soft_wrap=True,
+        )
     for target in targets(r):
         console.print(target.line(), highlight=False, soft_wrap=True)
     return 1 if failed else 0
@@ -237,8 +241,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=None, help=f"rows (default {ROWS:,})")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_ROWS:,} rows")
-    parser.add_argument("--repeats", type=int, default=3, help="append and scan repeats")
-    parser.add_argument("--sql-repeats", type=int, default=5, help="GROUP BY repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="append and scan repeats")
+    parser.add_argument("--sql-repeats", type=int, default=7, help="GROUP BY repeats")
     parser.add_argument("--commits", type=int, default=200, help="timed commits per catalog")
     parser.add_argument("--warmup-commits", type=int, default=20)
     parser.add_argument("--commit-rows", type=int, default=100, help="rows per commit")

@@ -77,11 +77,14 @@ class ExpressionError(InvalidInputError):
 
     code: ClassVar[str] = "invalid_expression"
 
-    def __init__(self, *, expr: str, role: str, reason: str, available: Sequence[str]) -> None:
+    def __init__(
+        self, *, expr: str, role: str, reason: str, available: Sequence[str] | None = None
+    ) -> None:
+        columns = "" if available is None else f"; columns available: {listed(available)}"
         DatapunkError.__init__(
             self,
             f"{role}: expression {expr!r} failed: {reason}; fix: correct the expression "
-            f"(DuckDB SQL; columns available: {listed(available)})",
+            f"(a DuckDB SQL expression over one row{columns})",
             expr=expr,
             reason=reason,
         )

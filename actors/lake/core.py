@@ -29,7 +29,7 @@ from actors.lake.commits import CommitResult, RetryPolicy, Sleep
 from actors.lake.describe import SnapshotInfo, TableDescription
 from actors.lake.evolution import SchemaChanges
 from actors.lake.tables import TableCatalog
-from actors.lake.writes import BeforeCommit, Data, TableWriter
+from actors.lake.writes import BeforeCommit, Data, Properties, TableWriter
 from cluster.settings import Settings
 
 P = ParamSpec("P")
@@ -147,10 +147,23 @@ class LakeCore(ServiceCore):
 
     @_catalog_call
     def append(
-        self, name: str, data: Data, *, evolve: bool = True, before_commit: BeforeCommit = None
+        self,
+        name: str,
+        data: Data,
+        *,
+        evolve: bool = True,
+        before_commit: BeforeCommit = None,
+        snapshot_properties: Properties = None,
     ) -> CommitResult:
-        """Append rows; ``before_commit`` runs after data files are written, before commit."""
-        return self.writer.append(name, data, evolve=evolve, before_commit=before_commit)
+        """Append rows; ``before_commit`` runs after data files are written, before commit;
+        ``snapshot_properties`` go into the snapshot summary."""
+        return self.writer.append(
+            name,
+            data,
+            evolve=evolve,
+            before_commit=before_commit,
+            snapshot_properties=snapshot_properties,
+        )
 
     @_catalog_call
     def overwrite(
@@ -174,10 +187,16 @@ class LakeCore(ServiceCore):
         *,
         evolve: bool = True,
         before_commit: BeforeCommit = None,
+        snapshot_properties: Properties = None,
     ) -> CommitResult:
         """Update changed rows matching on ``key_columns``; insert the rest."""
         return self.writer.upsert(
-            name, data, key_columns, evolve=evolve, before_commit=before_commit
+            name,
+            data,
+            key_columns,
+            evolve=evolve,
+            before_commit=before_commit,
+            snapshot_properties=snapshot_properties,
         )
 
     @_catalog_call

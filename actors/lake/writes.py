@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeAlias, TypeVar
@@ -35,6 +35,7 @@ from actors.lake.staging import (
 from actors.lake.tables import TableCatalog
 
 BeforeCommit: TypeAlias = Callable[[], None] | None
+Properties: TypeAlias = Mapping[str, str] | None
 Data: TypeAlias = pa.Table | pa.RecordBatchReader
 T = TypeVar("T")
 
@@ -61,10 +62,27 @@ class TableWriter:
         self._rng = rng
 
     def append(
-        self, name: str, data: Data, *, evolve: bool = True, before_commit: BeforeCommit = None
+        self,
+        name: str,
+        data: Data,
+        *,
+        evolve: bool = True,
+        before_commit: BeforeCommit = None,
+        snapshot_properties: Properties = None,
     ) -> CommitResult:
-        """Add rows; with ``evolve`` new columns are added and narrower ones widened."""
-        return self._write(name, data, evolve=evolve, before_commit=before_commit, replace=None)
+        """Add rows; with ``evolve`` new columns are added and narrower ones widened.
+
+        ``snapshot_properties`` land in the snapshot summary (a run id, for one), so the
+        commit itself records who made it: the basis of exactly-once ingestion.
+        """
+        return self._write(
+            name,
+            data,
+            evolve=evolve,
+            before_commit=before_commit,
+            replace=None,
+            properties=snapshot_properties,
+        )
 
     def overwrite(
         self,
@@ -74,10 +92,18 @@ class TableWriter:
         *,
         evolve: bool = True,
         before_commit: BeforeCommit = None,
+        snapshot_properties: Properties = None,
     ) -> CommitResult:
         """Replace all rows (``filter`` None) or the rows matching ``filter`` with ``data``."""
         replace = filter or ""
-        return self._write(name, data, evolve=evolve, before_commit=before_commit, replace=replace)
+        return self._write(
+            name,
+            data,
+            evolve=evolve,
+            before_commit=before_commit,
+            replace=replace,
+            properties=snapshot_properties,
+        )
 
     def upsert(
         self,
@@ -87,6 +113,7 @@ class TableWriter:
         *,
         evolve: bool = True,
         before_commit: BeforeCommit = None,
+        snapshot_properties: Properties = None,
     ) -> CommitResult:
         """Update rows whose key matches a row of ``data`` (if changed), insert the others."""
         parsed, rows = parse_table_name(name), materialise(data)
@@ -97,7 +124,11 @@ class TableWriter:
             _refuse_partial_rows(parsed.full, staged.table, rows)
             in_table_order = staged.rows.select(staged.tx.table_metadata.schema().column_names)
             with _quiet_no_match():
-                result = staged.tx.upsert(in_table_order, join_cols=list(key_columns))
+                result = staged.tx.upsert(
+                    in_table_order,
+                    join_cols=list(key_columns),
+                    snapshot_properties=dict(snapshot_properties or {}),
+                )
             table = self._commit(staged.tx, before_commit)
             return table, result.rows_updated, result.rows_inserted
 
@@ -178,6 +209,7 @@ class TableWriter:
         evolve: bool,
         before_commit: BeforeCommit,
         replace: str | None,
+        properties: Properties,
     ) -> CommitResult:
         """Append (``replace`` None) or overwrite the rows matching ``replace`` ("" = all)."""
         parsed, rows = parse_table_name(name), materialise(data)
@@ -188,11 +220,15 @@ class TableWriter:
             if replace is None:
                 if not rows.num_rows and not staged.plan.changes_schema:
                     return staged.table, before  # nothing to commit: no empty snapshot
-                staged.tx.append(staged.rows)
+                staged.tx.append(staged.rows, snapshot_properties=dict(properties or {}))
             else:
                 where = parse_filter(replace, staged.table.schema(), parsed.full)
                 with _quiet_no_match():
-                    staged.tx.overwrite(staged.rows, overwrite_filter=where)
+                    staged.tx.overwrite(
+                        staged.rows,
+                        overwrite_filter=where,
+                        snapshot_properties=dict(properties or {}),
+                    )
             return self._commit(staged.tx, before_commit), before
 
         (table, before), attempts = self._retry(parsed, attempt)

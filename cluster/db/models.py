@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, MetaData, String
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, Index, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -65,3 +65,57 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class IngestRun(Base):
+    """One run of an ingest pipeline: what it planned, what it wrote, how it ended.
+
+    ``plan`` holds the run's source plans (JSON) from its start, so a run that committed
+    but lost its bookkeeping can still be marked consumed (``IngestState.reconcile``);
+    ``consumed_at`` is set once its inputs are recorded in ``ingest_inputs``.
+    """
+
+    __tablename__ = "ingest_runs"
+    __table_args__ = (Index("ix_ingest_runs_pipeline_started", "pipeline", "started_at"),)
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    config_hash: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    consumed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    rows_read: Mapped[int | None] = mapped_column(BigInteger)
+    rows_written: Mapped[int | None] = mapped_column(BigInteger)
+    rows_quarantined: Mapped[int | None] = mapped_column(BigInteger)
+    rows_filtered: Mapped[int | None] = mapped_column(BigInteger)
+    snapshot_id: Mapped[int | None] = mapped_column(BigInteger)
+    lineage: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
+    plan: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class IngestInput(Base):
+    """An input a pipeline consumed (a file version, a message id, a pinned snapshot),
+    or, with ``kind='position'``, a source's cursor (SQL high-water mark, Lake snapshot).
+
+    ``key`` is the SHA-256 of (pipeline, source, kind, input_id, fingerprint), so a
+    long path stays out of the primary key and recording an input twice is a no-op.
+    """
+
+    __tablename__ = "ingest_inputs"
+    __table_args__ = (
+        Index("ix_ingest_inputs_pipeline_kind", "pipeline", "source", "kind", "recorded_at"),
+    )
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    input_id: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(200))
+    position: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    run_id: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -163,6 +163,17 @@ class LakeContract:
         assert result.snapshot_id == lake.describe(table).current_snapshot_id
         assert ids_of(lake.scan(table)) == [1, 2, 3, 4, 5]
 
+    def test_snapshot_properties_are_recorded_in_the_summary(
+        self, lake: LakeCore, table: str
+    ) -> None:
+        lake.append(table, events([1]), snapshot_properties={"datapunk.run-id": "run-1"})
+        changed = events([1], region="us")
+        lake.upsert(table, changed, ["id"], snapshot_properties={"datapunk.run-id": "run-2"})
+        summaries = [s.summary.get("datapunk.run-id") for s in lake.history(table)]
+        # One upsert may commit several snapshots in its transaction; each carries its run.
+        assert summaries.index("run-1") < summaries.index("run-2")
+        assert summaries[-1] == "run-2"
+
     def test_append_accepts_a_record_batch_reader(self, lake: LakeCore, table: str) -> None:
         data = events([7, 8])
         lake.append(table, pa.RecordBatchReader.from_batches(data.schema, data.to_batches()))

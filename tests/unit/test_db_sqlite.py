@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 
 from cluster.db.engine import check_database, create_engine, session_factory
@@ -41,10 +42,23 @@ async def test_uncreatable_data_dir_is_a_config_error(tmp_path: Path) -> None:
 async def test_upgrade_twice_and_current(data_dir: Path) -> None:
     settings = Settings(data_dir=data_dir)
     assert await current_revision(settings) is None
-    assert await upgrade(settings) == "0001" == head_revision()
-    assert await upgrade(settings) == "0001"
-    assert await ensure_schema(settings) == "0001"
-    assert await current_revision(settings) == "0001"
+    assert await upgrade(settings) == "0002" == head_revision()
+    assert await upgrade(settings) == "0002"
+    assert await ensure_schema(settings) == "0002"
+    assert await current_revision(settings) == "0002"
+
+
+async def test_a_database_at_0001_upgrades_to_the_ingest_tables(data_dir: Path) -> None:
+    settings = Settings(data_dir=data_dir)
+    assert await upgrade(settings, "0001") == "0001"
+    assert await ensure_schema(settings) == "0002"
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: set(sa_inspect(sync).get_table_names()))
+    finally:
+        await engine.dispose()
+    assert {"api_keys", "ingest_runs", "ingest_inputs"} <= tables
 
 
 async def test_unknown_revision_is_invalid_input(data_dir: Path) -> None:
