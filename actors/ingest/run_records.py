@@ -1,4 +1,4 @@
-"""Ingest run records and pure helpers: counts, run ids, config hashes, committed runs.
+"""Ingest run records and pure helpers: counts, run ids, input keys, committed runs.
 
 Kept apart from ``actors/ingest/state`` (the database side) so the runner and the CLI can
 use them without touching a database.
@@ -62,12 +62,6 @@ class ReconcileResult:
 def new_run_id(now: datetime) -> str:
     """``run_<UTC time>_<random>``: sortable by start, unique across processes."""
     return f"run_{now.astimezone(UTC):%Y%m%dT%H%M%S}_{secrets.token_hex(6)}"
-
-
-def hash_config(config: Any) -> str:
-    """SHA-256 of ``config`` as canonical JSON (sorted keys): the run's config hash."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def committed_run_ids(history: Iterable[Any], key: str = RUN_ID_SUMMARY_KEY) -> set[str]:

@@ -46,7 +46,6 @@ from actors.ingest.run_records import (
     as_counts,
     check_name,
     committed_run_ids,
-    hash_config,
     input_key,
     new_run_id,
     run_record,
@@ -71,7 +70,6 @@ __all__ = [
     "RunStatus",
     "SqlIngestState",
     "committed_run_ids",
-    "hash_config",
     "input_key",
     "new_run_id",
 ]

@@ -269,3 +269,12 @@ def test_splits_are_by_file_balanced_by_size(tmp_path: Path) -> None:
     ]
     with pytest.raises(InvalidInputError, match="splits"):
         source.splits(plan, 0)
+
+
+def test_an_unbalanced_quote_in_a_large_csv_fails_too(tmp_path: Path) -> None:
+    rows = "".join(f"{i},x{i}\n" for i in range(2, 200_000))
+    write(tmp_path / "big.csv", ('id,name\n1,"a\n' + rows).encode())
+    source = FileSource(str(tmp_path / "*.csv"))
+    with pytest.raises(MalformedFileError, match=r"big\.csv") as caught:
+        list(source.read(source.plan(StateView.empty("p"))))
+    assert caught.value.fields["fmt"] == "csv"

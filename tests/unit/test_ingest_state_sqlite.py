@@ -11,7 +11,6 @@ from actors.ingest.sources.base import InputRef, SourcePlan, StateView
 from actors.ingest.state import (
     RUN_ID_SUMMARY_KEY,
     committed_run_ids,
-    hash_config,
     input_key,
     new_run_id,
 )
@@ -35,12 +34,6 @@ def test_committed_run_ids_come_from_snapshot_summaries() -> None:
         SnapshotInfo(4, 3, when, "append"),
     ]
     assert committed_run_ids(history) == {"run_a", "run_b"}
-
-
-def test_config_hash_ignores_key_order() -> None:
-    assert hash_config({"a": 1, "b": [1, 2]}) == hash_config({"b": [1, 2], "a": 1})
-    assert hash_config({"a": 1}) != hash_config({"a": 2})
-    assert len(hash_config({})) == 64
 
 
 def test_run_ids_and_input_keys() -> None:

@@ -99,6 +99,8 @@ class SqlSource(NoDeliveries):
             )
         if chunk_rows < 1:
             raise InvalidInputError(field="chunk_rows", value=chunk_rows, allowed="1 or more")
+        if table is not None and db_schema is None and "." in table:
+            db_schema, table = table.split(".", 1)  # "schema.table" as one name
         self.url = url
         self.name = name
         self.table = table
