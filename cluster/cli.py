@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cluster.cli_ingest import ingest, runs_app
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_lake import lake_app
 from cluster.cli_support import fail, stderr_console
@@ -34,6 +35,8 @@ app = typer.Typer(
 app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
 app.add_typer(db_app, name="db", help="Platform database migrations.")
 app.add_typer(lake_app, name="lake", help="Lake tables: create, load, query, time travel.")
+app.add_typer(runs_app, name="runs", help="Pipeline run records.")
+app.command("ingest")(ingest)
 UP_STEPS = 6
 
 

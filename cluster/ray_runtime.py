@@ -90,6 +90,8 @@ def ray_env(settings: Settings, marker: str | None = None) -> dict[str, str]:
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN_PATH"] = str(settings.ray_token_path)
+    # Jobs start in an uploaded working dir: a relative data dir would point elsewhere.
+    env["DATAPUNK_DATA_DIR"] = str(settings.data_path)
     env.update(serve_env(settings))
     if marker:
         env[MARKER_VAR] = marker

@@ -57,7 +57,8 @@ class SplitResult:
         self.warnings += other.warnings
 
 
-MapSplits = Callable[[Sequence[SourcePlan]], Iterable[SplitResult]]
+# (splits, run id, now) -> one result per split; the Ray shell runs them as tasks.
+MapSplits = Callable[[Sequence[SourcePlan], str, datetime], Iterable[SplitResult]]
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table | None:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def _sink_schema(lake: LakeCore, table: str) -> pa.Schema | None:
+def sink_schema(lake: LakeCore, table: str) -> pa.Schema | None:
     try:
         return lake.scan(table, limit=0).schema
     except TableNotFoundError:
@@ -221,7 +222,8 @@ class PipelineRunner:
             return SplitResult()
         if self._map_splits is not None and self._parallelism > 1:
             merged = SplitResult()
-            for part in self._map_splits(self.source.splits(plan, self._parallelism)):
+            splits = self.source.splits(plan, self._parallelism)
+            for part in self._map_splits(splits, run_id, self._now()):
                 merged.merge(part)
             return merged
         return process_batches(
@@ -229,7 +231,7 @@ class PipelineRunner:
             self.source.read(plan),
             run_id=run_id,
             now=self._now(),
-            sink_schema=_sink_schema(self.lake, self.sink),
+            sink_schema=sink_schema(self.lake, self.sink),
             lookup=self._lookup(),
             salts=self._salts,
             progress=self._progress,
