@@ -158,6 +158,9 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(Path(".datapunk"), description="Where state lives (DB, lake, token).")
+    pipelines_dir: Path = Field(
+        Path("configs/pipelines"), description="Pipeline YAML files the gateway can run by name."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     database_url: SecretStr | None = Field(
         None, description="Platform DB; unset = SQLite file in data_dir."
@@ -313,6 +316,7 @@ def export_settings(settings: Settings) -> dict[str, Any]:
         if secret is not None:
             values[name] = secret.get_secret_value()
     values["data_dir"] = str(settings.data_path)
+    values["pipelines_dir"] = str(settings.pipelines_dir.expanduser().resolve())
     return values
 
 

@@ -330,6 +330,7 @@ def _read_csv(file: Path, options: _Options) -> Iterator[pa.RecordBatch]:
         reader = pa_csv.open_csv(
             stream, read_options=read, parse_options=parse, convert_options=convert
         )
+        _check_header(reader.schema, file, options.encoding)
         for field in reader.schema:
             if pat.is_binary(field.type):  # inference falls back to binary on invalid UTF-8
                 raise MalformedFileError(
@@ -339,6 +340,21 @@ def _read_csv(file: Path, options: _Options) -> Iterator[pa.RecordBatch]:
                     fix="re-encode the file as UTF-8 or give its encoding",
                 )
         yield from _rebatch(reader, options.rows)
+
+
+def _check_header(schema: pa.Schema, file: Path, encoding: str) -> None:
+    """pyarrow keeps header bytes undecoded: a bad name would raise a bare
+    ``UnicodeDecodeError`` wherever it is first read, outside ``_guarded``."""
+    try:
+        schema.names  # noqa: B018 - decoding the names is the check
+    except UnicodeDecodeError as exc:
+        raise MalformedFileError(
+            path=str(file),
+            fmt="csv",
+            problem=f"the header row is not valid {encoding} text "
+            f"(byte {exc.start} of a column name: {exc.reason})",
+            fix="re-encode the file as UTF-8 or give its encoding",
+        ) from None
 
 
 def _read_jsonl(file: Path, options: _Options) -> Iterator[pa.RecordBatch]:

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from actors.ingest.state import IngestState
 from actors.lake.service import LakeService
 from cluster import __version__
 from cluster.errors import DatapunkError
@@ -30,6 +31,7 @@ from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
 from serve_apps.gateway.routes_keys import keys_router
 from serve_apps.gateway.routes_lake import lake_router
+from serve_apps.gateway.routes_pipelines import JobLauncher, pipelines_router
 
 Check = Callable[[], Awaitable[None]]
 READY_TIMEOUT_S = 3.0
@@ -45,6 +47,7 @@ class GatewayDeps:
     platform_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     key_store: KeyStore | None = None
     lake: LakeService | None = None
+    pipelines: tuple[Path, JobLauncher, IngestState] | None = None
     spool_dir: Path | None = None
     forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
@@ -154,6 +157,8 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
 
     if deps.key_store is not None:
         router.include_router(keys_router(deps.key_store, deps.forget_key))
+    if deps.pipelines is not None:
+        router.include_router(pipelines_router(*deps.pipelines))
     if deps.lake is not None:
         spool = deps.spool_dir or Path(tempfile.gettempdir()) / "datapunk-uploads"
         router.include_router(lake_router(deps.lake, spool))

@@ -16,16 +16,19 @@ from ray import serve
 from sqlalchemy import text
 from starlette.types import ASGIApp
 
+from actors.ingest.state import SqlIngestState
 from actors.lake.client import RayLake
 from cluster.cache import build_cache
 from cluster.db.engine import connect, create_engine, session_factory
 from cluster.health import check_amqp
 from cluster.logging import configure_logging, current_request_id
 from cluster.pools import ping_pool, pool_sizes
+from cluster.ray_runtime import head_addresses
 from cluster.security.auth_cache import CachedAuthenticator
 from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
 from serve_apps.gateway.asgi import Check, GatewayDeps, create_app
+from serve_apps.gateway.jobs_client import RayJobLauncher
 
 GATEWAY_APP = "gateway"
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -83,6 +86,11 @@ class Gateway:
             forget_key=self.authenticator.invalidate,
             lake=RayLake(self.settings).as_service() if self.settings.pools.lake else None,
             spool_dir=self.settings.data_path / "uploads",
+            pipelines=(
+                self.settings.pipelines_dir,
+                RayJobLauncher(head_addresses(self.settings).dashboard_url),
+                SqlIngestState(session_factory(self.engine), _utcnow),
+            ),
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

@@ -64,10 +64,32 @@ def platform_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
+PIPELINE = """
+name: orders
+source:
+  type: files
+  path: {inbox}/*.csv
+  format: csv
+expectations:
+  - rule: not_null
+    column: order_id
+    action: quarantine
+sink:
+  table: e2e_ingest.orders
+  mode: append
+"""
+
+
 @pytest.fixture(scope="package")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    root = tmp_path_factory.mktemp("e2e")
+    data_dir = root / "data"
     env = platform_env(data_dir)
+    pipelines, inbox = root / "pipelines", root / "inbox"
+    pipelines.mkdir()
+    inbox.mkdir()
+    (pipelines / "orders.yaml").write_text(PIPELINE.format(inbox=inbox))
+    env["DATAPUNK_PIPELINES_DIR"] = str(pipelines)
     up = run([str(BIN / "datapunk"), "up"], env, timeout=300)
     assert up.returncode == 0, f"datapunk up failed:\n{up.stdout}\n{up.stderr}"
     try:

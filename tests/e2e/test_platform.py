@@ -10,6 +10,7 @@ import json
 import stat
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -112,6 +113,42 @@ def test_lake_tables_through_the_gateway_and_the_actor_pool(platform: Platform) 
             headers=analyst,
         )
         assert sorted(r["id"] for r in before.json()) == [1, 2]
+
+
+def test_a_pipeline_runs_as_a_ray_job_submitted_through_the_gateway(platform: Platform) -> None:
+    inbox = Path(platform.env["DATAPUNK_PIPELINES_DIR"]).parent / "inbox"
+    for part in range(2):  # two files: two splits, processed as Ray tasks in the job
+        rows = "\n".join(f"{part * 10 + i},{i * 1.5}" for i in range(5))
+        (inbox / f"orders-{part}.csv").write_text("order_id,amount\n" + rows + "\n,9.9\n")
+    engineer = {"Authorization": f"Bearer {_key(platform, 'engineer')}"}
+    with httpx.Client(base_url=f"{platform.gateway}/api/v1", timeout=30) as api:
+        assert api.get("/pipelines", headers=engineer).json() == ["orders"]
+        assert api.post("/pipelines/nope/runs", headers=engineer).status_code == 404
+        submitted = api.post("/pipelines/orders/runs", headers=engineer)
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()["submission_id"]
+        status = _wait_for_job(api, engineer, job)
+        assert status["status"] == "SUCCEEDED", status
+        records = api.get("/pipelines/orders/records", headers=engineer).json()
+        counts = records[0]["counts"]
+        assert records[0]["status"] == "succeeded"
+        assert counts == {"read": 12, "written": 10, "quarantined": 2, "filtered": 0}
+        total = api.post(
+            "/lake/sql",
+            json={"query": "SELECT count(*) AS n FROM e2e_ingest.orders"},
+            headers=engineer,
+        )
+        assert total.json() == [{"n": 10}]
+
+
+def _wait_for_job(api: httpx.Client, headers: dict[str, str], job: str) -> dict:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = api.get(f"/pipelines/orders/runs/{job}", headers=headers).json()
+        if status["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(1)
+    raise AssertionError(f"job {job} did not finish: {status}")
 
 
 def test_status_reports_every_component_healthy(platform: Platform) -> None:
