@@ -50,7 +50,13 @@ def mode_of(path: Path) -> int:
 def settings(data_dir: Path) -> Settings:
     return Settings(
         data_dir=data_dir,
-        ray={"port": free_port(), "dashboard_port": free_port()},
+        ray={
+            "port": free_port(),
+            "dashboard_port": free_port(),
+            # Busy-port checks cover these too: defaults would meet any other Ray head.
+            "client_server_port": free_port(),
+            "dashboard_agent_port": free_port(),
+        },
         gateway={"port": free_port()},
     )
 
