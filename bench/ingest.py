@@ -70,7 +70,18 @@ from jobs.ingest import run_file
 ROWS, QUICK_ROWS, SEED = 5_000_000, 500_000, 20_260_101
 TARGET_NAME, GOAL = "ingest_vs_pyarrow_csv_parquet", 0.6
 NAMESPACE, SINK = "bench", "bench.orders"
-REGIONS = ("north", "south", "east", "west", "central", "alps", "coast", "islands", "metro", "rural")
+REGIONS = (
+    "north",
+    "south",
+    "east",
+    "west",
+    "central",
+    "alps",
+    "coast",
+    "islands",
+    "metro",
+    "rural",
+)
 CUSTOMERS = 100_000
 NULL_ID_FRACTION, BAD_PRICE_FRACTION = 0.001, 0.0005
 _CHUNK_ROWS = 500_000
@@ -250,7 +261,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> Results:
     rows = QUICK_ROWS if args.quick and args.rows is None else (args.rows or ROWS)
     with progress_bars() as bars:
         task = bars.add_task("generating CSV", total=rows)
-        data = write_orders(workdir / "orders.csv", rows, args.seed, lambda n: bars.advance(task, n))
+        data = write_orders(
+            workdir / "orders.csv", rows, args.seed, lambda n: bars.advance(task, n)
+        )
         bars.update(task, visible=False)
         yaml_path = workdir / "orders.yaml"
         yaml_path.write_text(pipeline_yaml(data.path, args.derive))
@@ -333,7 +346,12 @@ def figures(r: Results) -> list[Figure]:
     lake_mb = r.pipeline[0].lake_bytes / 1e6
     raw_mb = r.baseline[0].bytes / 1e6
     return [
-        Figure("rows/s (rows read / wall s)", _rate(r.data.rows, p_s), _rate(r.data.rows, b_s), b_s / p_s),
+        Figure(
+            "rows/s (rows read / wall s)",
+            _rate(r.data.rows, p_s),
+            _rate(r.data.rows, b_s),
+            b_s / p_s,
+        ),
         Figure(f"wall s (median of {runs})", f"{p_s:.2f}", f"{b_s:.2f}", p_s / b_s),
         Figure(
             "  of which runner / read_csv s",

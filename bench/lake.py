@@ -16,7 +16,8 @@ values, timestamp[us] ts), a private data dir in a temp folder:
 Prints a table of every figure, then one line per target, last:
 ``target NAME: MEASURED (goal OP VALUE) met|missed``.
 
-Run: ``python bench/lake.py [--rows N] [--quick] [--repeats R] [--sql-repeats R]``.
+Run: ``python bench/lake.py [--rows N] [--quick] [--repeats R] [--scan-repeats R]
+[--sql-repeats R] [--commits N] [--skip-postgres] [--workdir DIR]``.
 Exit 0 whether the goals are met or not; 1 when the PostgreSQL phase could not run;
 2 when the benchmark could not run.
 """
@@ -88,7 +89,7 @@ def bench_settings(data_dir: Path, catalog_url: str | None, max_result_bytes: in
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> Results:
     rows = QUICK_ROWS if args.quick and args.rows is None else (args.rows or ROWS)
     commit_steps = args.warmup_commits + args.commits
-    total = 1 + 2 * args.repeats + args.repeats + args.sql_repeats + 2 * commit_steps
+    total = 1 + 2 * args.repeats + args.scan_repeats + args.sql_repeats + 2 * commit_steps
     with stepper(total, "generating data") as step:
         data = make_data(rows, args.seed)
         step(f"generated {rows:,} rows")
@@ -97,7 +98,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> Results:
         core = LakeCore(bench_settings(workdir / "sqlite", None, limit), 0)
         append = measure_append(core, data, workdir / "pyarrow", args.repeats, step)
         assert append.pyarrow_file is not None
-        scan = measure_scan(core, append.pyarrow_file, rows, args.repeats, step)
+        scan = measure_scan(core, append.pyarrow_file, rows, args.scan_repeats, step)
         sql = measure_sql(core, args.sql_repeats, step)
         core.catalog.engine.dispose()
         options = dict(
@@ -241,7 +242,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=None, help=f"rows (default {ROWS:,})")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_ROWS:,} rows")
-    parser.add_argument("--repeats", type=int, default=5, help="append and scan repeats")
+    parser.add_argument("--repeats", type=int, default=5, help="append repeats")
+    parser.add_argument("--scan-repeats", type=int, default=9, help="full scan repeats")
     parser.add_argument("--sql-repeats", type=int, default=7, help="GROUP BY repeats")
     parser.add_argument("--commits", type=int, default=200, help="timed commits per catalog")
     parser.add_argument("--warmup-commits", type=int, default=20)
@@ -260,7 +262,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="keep the data dir here (an empty or new folder) for inspection",
     )
     args = parser.parse_args(argv)
-    for name in ("rows", "repeats", "sql_repeats", "commits", "commit_rows"):
+    for name in ("rows", "repeats", "scan_repeats", "sql_repeats", "commits", "commit_rows"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

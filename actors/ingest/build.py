@@ -31,7 +31,14 @@ def build_source(spec: PipelineSpec, settings: Settings, lake: LakeCore) -> Sour
     if isinstance(config, FilesSourceConfig):
         fmt = None if config.format == "auto" else config.format
         encoding = config.csv.encoding.replace("-", "").lower()
-        return FileSource(config.path, name="files", format=fmt, encoding=encoding)
+        return FileSource(
+            config.path,
+            name="files",
+            format=fmt,
+            encoding=encoding,
+            delimiter=config.csv.delimiter,
+            header=config.csv.header,
+        )
     if isinstance(config, SqlSourceConfig):
         return SqlSource(
             config.url.get_secret_value(),

@@ -272,11 +272,14 @@ def iter_batches_from_file(
     schema: pa.Schema | None = None,
     batch_rows: int = 65_536,
     encoding: str = "utf8",
+    delimiter: str | None = None,
+    header: bool = True,
 ) -> Iterator[pa.RecordBatch]:
     """Stream ``path`` as record batches; ``fmt`` defaults to what the extension says.
 
     ``schema`` fixes column types of CSV and JSON Lines instead of inferring them (Parquet
-    and Arrow carry their own). ``encoding`` is the text encoding of a CSV file. A ``.gz``
+    and Arrow carry their own). ``encoding``, ``delimiter`` (default: tab for .tsv, else
+    comma) and ``header`` (False: columns are named f0, f1, ...) apply to CSV. A ``.gz``
     suffix means gzip. Malformed input raises ``MalformedFileError`` while iterating.
     """
     file = Path(path)
@@ -287,7 +290,8 @@ def iter_batches_from_file(
         raise NotFoundError(kind="file", name=str(file), fix="check the path and that it is a file")
     if batch_rows < 1:
         raise InvalidInputError(field="batch_rows", value=batch_rows, allowed="an int >= 1")
-    return _guarded(file, detected, _Options(gzipped, schema, batch_rows, encoding))
+    options = _Options(gzipped, schema, batch_rows, encoding, delimiter, header)
+    return _guarded(file, detected, options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +300,8 @@ class _Options:
     schema: pa.Schema | None
     rows: int
     encoding: str
+    delimiter: str | None = None
+    header: bool = True
 
 
 def _guarded(file: Path, fmt: FileFormat, options: _Options) -> Iterator[pa.RecordBatch]:
@@ -322,10 +328,12 @@ def _text_stream(file: Path, options: _Options) -> pa.NativeFile:
 
 
 def _read_csv(file: Path, options: _Options) -> Iterator[pa.RecordBatch]:
-    read = pa_csv.ReadOptions(encoding=options.encoding, block_size=1 << 20)
+    read = pa_csv.ReadOptions(
+        encoding=options.encoding, block_size=1 << 20, autogenerate_column_names=not options.header
+    )
     convert = pa_csv.ConvertOptions(column_types=options.schema)
     tab_separated = Path(file.name.lower().removesuffix(".gz")).suffix == ".tsv"
-    parse = pa_csv.ParseOptions(delimiter="\t" if tab_separated else ",")
+    parse = pa_csv.ParseOptions(delimiter=options.delimiter or ("\t" if tab_separated else ","))
     with _text_stream(file, options) as stream:
         reader = pa_csv.open_csv(
             stream, read_options=read, parse_options=parse, convert_options=convert

@@ -227,6 +227,7 @@ def test_latin1_csv_with_its_encoding(tmp_path: Path) -> None:
         (b"a,b\n1,2\n3,4,5\n", "Expected 2 columns, got 3"),
         (b'a,b\n"1,2\n3,4\n', "Expected 2 columns"),
         (b"a,b\n\xff\xfe,2\n", "not valid utf8 text"),
+        (b"a,\xe9\n1,2\n", "header row is not valid utf8 text"),
         (b"", "Empty CSV file"),
     ],
 )

@@ -60,6 +60,8 @@ class FileSource(NoDeliveries):
         format: FileFormat | None = None,
         schema: pa.Schema | None = None,
         encoding: str = "utf8",
+        delimiter: str | None = None,
+        header: bool = True,
         batch_rows: int = 65_536,
         fingerprint: Fingerprint = "stat",
         min_age_s: float = 0.0,
@@ -80,6 +82,8 @@ class FileSource(NoDeliveries):
         self.format = format
         self.schema = schema
         self.encoding = encoding
+        self.delimiter = delimiter
+        self.header = header
         self.batch_rows = batch_rows
         self.fingerprint = fingerprint
         self.min_age_s = min_age_s
@@ -162,6 +166,8 @@ class FileSource(NoDeliveries):
             schema=self.schema,
             batch_rows=self.batch_rows,
             encoding=self.encoding,
+            delimiter=self.delimiter,
+            header=self.header,
         )
         for batch in batches:
             table = pa.Table.from_batches([batch])
