@@ -178,7 +178,10 @@ class PipelineRunner:
             processed = self._process(plan, run_id)
             snapshot = self._commit(processed, run_id)
         except BaseException as exc:
-            self.source.nack(plan)
+            try:
+                self.source.nack(plan)
+            except Exception:  # the run's own error is the one to report
+                logger.exception("could not nack the source after a failed run")
             await self.state.finish_run(
                 run_id,
                 "failed",
