@@ -30,6 +30,7 @@ from pyiceberg.table import TableProperties
 from sqlalchemy import make_url
 
 from actors.lake.core import LakeCore
+from actors.shell import settle_heap
 from actors.lake.service import LakeService
 from cluster.settings import Settings
 
@@ -280,6 +281,7 @@ def measure_commits(
     result = CommitResult(catalog=label)
     workdir.mkdir(parents=True, exist_ok=True)
     core.create_namespace(NAMESPACE, exist_ok=True)  # opens the catalog
+    settle_heap()  # as the Lake actor does after start-up (actors/shell.py)
     try:
         core.create_table(COMMIT_TABLE, schema=data.schema)
         options = ParquetOptions.of(dict(core.tables.load(COMMIT_TABLE)[1].properties))

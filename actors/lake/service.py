@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
@@ -21,18 +22,30 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
+from pyiceberg.types import StringType
 
 from actors.lake import maintenance
 from actors.lake.compaction import compact
 from actors.lake.core import LakeCore
 from actors.lake.formats import iter_batches_from_file
+from actors.lake.native import ParquetFiles, native_files
 from actors.lake.result_cache import ResultCache, cache_key
-from actors.lake.sql import referenced_tables, run_sql
+from actors.lake.sql import parse_query, run_sql
 from cluster.cache import build_cache
 from cluster.errors import InvalidInputError
 from cluster.settings import Settings
 
 T = TypeVar("T")
+
+
+class _NoDictionaryNotice(logging.Filter):
+    """pyiceberg logs a WARNING per batch read with ``dictionary_columns``; it means nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not have a dictionary type" not in record.getMessage()
+
+
+_DICTIONARY_NOTICE = _NoDictionaryNotice()
 RESULT_TTL_S = 600.0
 MAX_CACHED_RESULT_BYTES = 32 * 1024 * 1024
 
@@ -69,6 +82,10 @@ def parse_as_of(value: datetime | str | None) -> datetime | None:
 class LakeService:
     """The async Lake API over one ``LakeCore`` and an optional result cache."""
 
+    # SQL lets DuckDB read a snapshot's Parquet files itself when that reads exactly what
+    # an Iceberg scan would (``native.native_files``); False forces the Arrow path.
+    native_sql = True
+
     def __init__(
         self,
         core: LakeCore,
@@ -77,6 +94,7 @@ class LakeService:
     ) -> None:
         self.core = core
         self.results = results
+        logging.getLogger("pyiceberg.io.pyarrow").addFilter(_DICTIONARY_NOTICE)
         self._now = now
 
     @classmethod
@@ -192,10 +210,12 @@ class LakeService:
         """A read-only DuckDB query over the current snapshot of every table it names."""
         lake = self.settings.lake
         row_limit = min(limit or lake.sql_row_limit, lake.sql_row_limit)
-        names = referenced_tables(query)
-        snapshots = {n: await self._run(self.core.resolve_snapshot, n) for n in names}
+        parsed = parse_query(query)
+        snapshots = {n: await self._run(self.core.resolve_snapshot, n) for n in parsed.tables}
         key = cache_key("sql", snapshots, {"query": query, "limit": row_limit})
-        sources = {n: functools.partial(self._reader, n, s) for n, s in snapshots.items()}
+        sources = {
+            n: functools.partial(self._reader, n, s, parsed.columns) for n, s in snapshots.items()
+        }
         return await self._cached(
             key,
             lambda: run_sql(
@@ -211,9 +231,25 @@ class LakeService:
     def settings(self) -> Settings:
         return self.core.settings
 
-    def _reader(self, name: str, snapshot_id: int | None) -> pa.RecordBatchReader:
+    def _reader(
+        self, name: str, snapshot_id: int | None, columns: frozenset[str] | None = None
+    ) -> pa.RecordBatchReader | ParquetFiles:
+        """What DuckDB scans: the columns the query names (``None``: all), strings read as
+        dictionaries (DuckDB then hashes codes, not 5 million strings)."""
         _, table = self.core.tables.load(name)
-        return table.scan(snapshot_id=snapshot_id).to_arrow_batch_reader()
+        if self.native_sql:
+            files = native_files(table, table.scan(snapshot_id=snapshot_id))
+            if files is not None:
+                return files
+        fields = table.schema().fields
+        if columns is None:
+            chosen = list(fields)
+        else:  # count(*) names no column: read the first one for the row count
+            chosen = [f for f in fields if f.name.lower() in columns] or list(fields[:1])
+        selected = ("*",) if len(chosen) == len(fields) else tuple(f.name for f in chosen)
+        strings = tuple(f.name for f in chosen if isinstance(f.field_type, StringType))
+        scan = table.scan(snapshot_id=snapshot_id, selected_fields=selected)
+        return scan.to_arrow_batch_reader(dictionary_columns=strings)
 
     async def _cached(self, key: str, compute: Callable[[], pa.Table]) -> pa.Table:
         if self.results is not None:

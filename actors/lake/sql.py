@@ -32,16 +32,18 @@ How a query runs:
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from actors.lake.native import ParquetFiles
 from actors.lake.sql_errors import (
     QueryTimeoutError,
     ResultTooLargeError,
@@ -51,7 +53,7 @@ from actors.lake.sql_errors import (
 )
 from cluster.errors import InvalidInputError
 
-TableSource = Callable[[], pa.Table | pa.RecordBatchReader]
+TableSource = Callable[[], pa.Table | pa.RecordBatchReader | ParquetFiles]
 ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 _MAX_BATCH_ROWS = 131_072
 _REINTERRUPT_S = 0.05
@@ -70,6 +72,10 @@ class ParsedQuery:
     tables: tuple[str, ...]
     references: Mapping[str, int]  # lower-cased table name -> times it appears
     table_functions: tuple[str, ...]
+    # Lower-cased identifiers of every column reference: a superset of the columns the
+    # query reads; None when it may read columns it does not name (a *, a NATURAL or
+    # USING join, a whole-row reference, a construct the walk does not know).
+    columns: frozenset[str] | None = None
 
 
 def referenced_tables(query: str) -> list[str]:
@@ -81,13 +87,19 @@ def referenced_tables(query: str) -> list[str]:
     return list(parse_query(query).tables)
 
 
+@functools.lru_cache(maxsize=256)
 def parse_query(query: str) -> ParsedQuery:
-    """Parse and vet ``query``; raise ``SqlError`` or ``StatementNotAllowedError``."""
+    """Parse and vet ``query``; raise ``SqlError`` or ``StatementNotAllowedError``.
+
+    Cached (a pure function of the text): ``LakeService.sql`` parses a query to find its
+    tables, then ``run_sql`` parses it again to run it.
+    """
     tree = _syntax_tree(query)
     tables: list[tuple[str, ...]] = []
     ctes: set[str] = set()
     functions: list[str] = []
     _walk(tree, tables, ctes, functions)
+    columns = _columns(tree)
     refused = sorted({f for f in functions if f not in ALLOWED_TABLE_FUNCTIONS})
     if refused:
         raise StatementNotAllowedError(
@@ -101,7 +113,7 @@ def parse_query(query: str) -> ParsedQuery:
     for name in names:  # DuckDB folds identifier case, so NS.T and ns.t are one table
         first_spelling.setdefault(name.lower(), name)
     counts = Counter(name.lower() for name in names)
-    return ParsedQuery(tuple(first_spelling.values()), dict(counts), tuple(functions))
+    return ParsedQuery(tuple(first_spelling.values()), dict(counts), tuple(functions), columns)
 
 
 def run_sql(
@@ -131,19 +143,31 @@ def run_sql(
 # ---------------------------------------------------------------- parsing
 
 
+_parser_lock = threading.Lock()
+_parsers: list[duckdb.DuckDBPyConnection] = []
+
+
+def _parser_connection() -> duckdb.DuckDBPyConnection:
+    """The process's parse-only connection (opening one costs ~13 ms); use under the lock.
+
+    Statements are only split and serialised on it, never run, so it holds no data.
+    """
+    if not _parsers:
+        _parsers.append(duckdb.connect(":memory:", config=dict(_CONNECT_CONFIG)))
+    return _parsers[0]
+
+
 def _syntax_tree(query: str) -> Any:
     if not query.strip():
         raise SqlError(query=query, reason="the query is empty")
-    con = duckdb.connect(":memory:", config=dict(_CONNECT_CONFIG))
-    try:
+    with _parser_lock:
+        con = _parser_connection()
         try:
             statements = con.extract_statements(query)
         except duckdb.Error as exc:
             raise SqlError(query=query, reason=_parse_reason(exc)) from None
         _check_statements(query, statements)
         row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
-    finally:
-        con.close()
     tree = json.loads(row[0]) if row else {"error": True, "error_message": "no syntax tree"}
     if tree.get("error"):
         raise SqlError(query=query, reason=str(tree.get("error_message", "cannot parse")))
@@ -186,6 +210,51 @@ def _walk(node: Any, tables: list[tuple[str, ...]], ctes: set[str], functions: l
     for value in node.values():
         if isinstance(value, dict | list):
             _walk(value, tables, ctes, functions)
+
+
+# Expression classes whose column needs a walk sees in full; anything else (a *, COLUMNS(),
+# a lambda, a parameter) makes the query read every column.
+_PRUNABLE_CLASSES = frozenset(
+    {"COLUMN_REF", "FUNCTION", "CONSTANT", "COMPARISON", "CONJUNCTION", "OPERATOR"}
+    | {"CASE", "CAST", "BETWEEN", "WINDOW", "SUBQUERY", "AGGREGATE", "COLLATE"}
+)
+_ROW_PREFIX = "\0"  # marks a one-part column reference, which may name a whole row
+
+
+def _columns(tree: Any) -> frozenset[str] | None:
+    """Every identifier of every column reference (lower-cased), or None: read all."""
+    names: set[str] = set()
+    relations: set[str] = set()
+    if not _collect_columns(tree, names, relations):
+        return None
+    if any(_ROW_PREFIX + relation in names for relation in relations):
+        return None  # `SELECT t FROM ns.t t` reads the whole row as a struct
+    return frozenset(n for n in names if not n.startswith(_ROW_PREFIX))
+
+
+def _collect_columns(node: Any, names: set[str], relations: set[str]) -> bool:
+    """Add ``node``'s column references to ``names``; False if it may read unnamed ones."""
+    if isinstance(node, list):
+        return all(_collect_columns(item, names, relations) for item in node)
+    if not isinstance(node, dict):
+        return True
+    klass, kind = node.get("class"), node.get("type")
+    if klass is not None and klass not in _PRUNABLE_CLASSES:
+        return False
+    if klass == "COLUMN_REF":
+        parts = [str(part).lower() for part in node.get("column_names", [])]
+        names.update(parts)
+        if len(parts) == 1:
+            names.add(_ROW_PREFIX + parts[0])
+    elif kind == "JOIN" and (node.get("ref_type") != "REGULAR" or node.get("using_columns")):
+        return False  # NATURAL, USING, ASOF, POSITIONAL joins match on columns not named
+    elif kind in ("BASE_TABLE", "SUBQUERY", "TABLE_FUNCTION"):
+        relations.update(str(node[k]).lower() for k in ("alias", "table_name") if node.get(k))
+    return all(
+        _collect_columns(value, names, relations)
+        for value in node.values()
+        if isinstance(value, dict | list)
+    )
 
 
 def _is_cte(parts: tuple[str, ...], ctes: set[str]) -> bool:
@@ -297,10 +366,16 @@ def _execute(
     try:
         with _Watchdog(con, limits.timeout_s) as watchdog:
             try:
+                allowed: list[str] = []
                 for index, (name, factory) in enumerate(chosen.items()):
                     many = materialize_all or references.get(name.lower(), 0) > 1
-                    _register(con, index, name, factory(), materialize=many)
-                _lock(con)
+                    source = factory()
+                    if isinstance(source, ParquetFiles):
+                        _register_files(con, name, source)
+                        allowed.extend(source.paths)
+                    else:
+                        _register(con, index, name, source, materialize=many)
+                _lock(con, allowed)
                 reader = con.sql(query).to_arrow_reader(min(limits.rows + 1, _MAX_BATCH_ROWS))
                 return _collect(reader, limits, watchdog, query)
             except (duckdb.Error, OSError, pa.ArrowException) as exc:
@@ -329,9 +404,32 @@ def _register(
     con.execute(f"CREATE VIEW {target} AS SELECT * FROM {_quote(hidden)}")  # noqa: S608
 
 
-def _lock(con: duckdb.DuckDBPyConnection) -> None:
-    # Registration is done: from here on no file, URL or extension is reachable, and the
-    # query cannot turn that back on.
+def _register_files(con: duckdb.DuckDBPyConnection, name: str, files: ParquetFiles) -> None:
+    """``name`` as a view over DuckDB's own reader of ``files``, columns by field id."""
+    paths = ", ".join(_literal(p) for p in files.paths)
+    columns = ", ".join(
+        f"{fid}: {{name: {_literal(col)}, type: {_literal(duck)}, default_value: NULL}}"
+        for fid, col, duck in files.columns
+    )
+    parts = name.split(".")
+    if len(parts) == 2:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_quote(parts[0])}")
+    target = ".".join(_quote(p) for p in parts)
+    con.execute(
+        f"CREATE VIEW {target} AS SELECT * FROM read_parquet([{paths}], "  # noqa: S608
+        f"schema = MAP {{{columns}}})"
+    )
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _lock(con: duckdb.DuckDBPyConnection, allowed_paths: Sequence[str] = ()) -> None:
+    # Registration is done: from here on no file, URL or extension is reachable (but the
+    # data files of the tables registered natively), and the query cannot turn that back on.
+    if allowed_paths:
+        con.execute(f"SET allowed_paths = [{', '.join(_literal(p) for p in allowed_paths)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 

@@ -6,6 +6,7 @@ import pyarrow as pa
 from pyiceberg.table import Table, TableProperties, Transaction
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.sorting import SortDirection
+from pyiceberg.table.update import TableUpdate, update_table_metadata
 from pyiceberg.transforms import IdentityTransform
 
 from actors.lake.errors import invalid
@@ -73,3 +74,32 @@ def total_records(metadata: TableMetadata) -> int:
     if snapshot is None or snapshot.summary is None:
         return 0
     return int(snapshot.summary.additional_properties.get("total-records", 0))
+
+
+class _LeanTransaction(Transaction):
+    """pyiceberg's ``Transaction`` without a deep copy of the table metadata per read.
+
+    pyiceberg 0.12 computes ``Transaction.table_metadata`` afresh on every access as
+    ``update_table_metadata(...)``, which ends in ``model_copy(deep=True)`` of the whole
+    metadata (every snapshot, the snapshot and metadata logs); one append reads it about
+    24 times. The cost grows with the snapshot count (several ms a copy at 200 snapshots)
+    and the garbage drives full GC passes. The metadata models are frozen, so one result
+    per (base metadata, staged updates) is shared; with nothing staged, the table's own.
+    """
+
+    _lake_memo: tuple[TableMetadata, tuple[TableUpdate, ...], TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        memo = self._lake_memo
+        if memo is not None and memo[0] is base and memo[1] is updates:
+            return memo[2]
+        metadata = update_table_metadata(base, updates) if updates else base
+        self._lake_memo = (base, updates, metadata)
+        return metadata
+
+
+def transaction(table: Table) -> Transaction:
+    """``table.transaction()`` whose metadata reads do not deep-copy (``_LeanTransaction``)."""
+    return _LeanTransaction(table)

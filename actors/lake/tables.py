@@ -36,6 +36,7 @@ from actors.lake.staging import materialise, sort_for_write
 
 # Iceberg's spelling of "no compression"; pyarrow's is "none".
 _CODECS = {"none": "uncompressed"}
+_DICT_PAGE_BYTES = 1024 * 1024
 
 
 class TableCatalog:
@@ -146,7 +147,13 @@ class TableCatalog:
         return self.describe(parsed.full)
 
     def _properties(self, extra: dict[str, Any] | None) -> dict[str, str]:
-        properties = {TableProperties.PARQUET_COMPRESSION: self.compression}
+        properties = {
+            TableProperties.PARQUET_COMPRESSION: self.compression,
+            # pyiceberg's default (2 MiB) makes every high-cardinality column (ids,
+            # measurements, times) hash twice as many values into a dictionary it then
+            # abandons; pyarrow's 1 MiB wrote 5M rows ~20% faster and 5% smaller.
+            TableProperties.PARQUET_DICT_SIZE_BYTES: str(_DICT_PAGE_BYTES),
+        }
         properties.update({str(k): str(v) for k, v in (extra or {}).items()})
         return properties
 

@@ -31,6 +31,7 @@ from actors.lake.staging import (
     sort_for_write,
     stage_schema_changes,
     total_records,
+    transaction,
 )
 from actors.lake.tables import TableCatalog
 
@@ -154,7 +155,7 @@ class TableWriter:
             table = single_attempt_commits(self._tables.load(parsed)[1])
             expression = parse_filter(filter, table.schema(), parsed.full)
             before = total_records(table.metadata)
-            tx = table.transaction()
+            tx = transaction(table)
             with _quiet_no_match():
                 tx.delete(expression)
             return self._commit(tx, before_commit), before
@@ -174,7 +175,7 @@ class TableWriter:
 
         def attempt() -> Table:
             table = single_attempt_commits(self._tables.load(parsed)[1])
-            tx = table.transaction()
+            tx = transaction(table)
             apply_changes(tx, changes, parsed.full)
             return tx.commit_transaction()
 
@@ -245,7 +246,7 @@ class TableWriter:
         table = single_attempt_commits(self._tables.load(parsed)[1])
         plan = plan_write(parsed.full, table.schema(), rows.schema, evolve=evolve)
         conformed = conform(rows, plan)
-        tx = table.transaction()
+        tx = transaction(table)
         stage_schema_changes(tx, plan)
         return _Staged(table, tx, sort_for_write(conformed, tx.table_metadata), plan)
 
