@@ -30,8 +30,8 @@ from pyiceberg.table import TableProperties
 from sqlalchemy import make_url
 
 from actors.lake.core import LakeCore
-from actors.shell import settle_heap
 from actors.lake.service import LakeService
+from actors.shell import settle_heap
 from cluster.settings import Settings
 
 CATEGORIES = 1000
