@@ -20,6 +20,8 @@ from cluster.logging import current_request_id
 from cluster.pools import actor_name
 from cluster.settings import Settings
 
+READ_METHODS = frozenset({"list_tables", "list_namespaces", "describe", "scan", "sql", "history"})
+
 
 class RayLake:
     """Forwards ``LakeService`` calls to the ``lake-<i>`` actors of the platform's namespace."""
@@ -45,7 +47,21 @@ class RayLake:
         return self._handles[index]
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Run ``method`` on the next actor; its typed errors surface unchanged."""
+        """Run ``method`` on the next actor; its typed errors surface unchanged.
+
+        A read that meets a dead or restarting actor moves on to the next one; a write
+        does not, since it may have committed before the actor died (the caller decides).
+        """
+        attempts = self._size if method in READ_METHODS else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self._call_once(method, *args, **kwargs)
+            except ServiceUnavailableError:
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if self._size < 1:
             raise ServiceUnavailableError(
                 service="lake pool",

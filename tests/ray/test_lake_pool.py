@@ -84,11 +84,24 @@ def test_killing_a_writer_between_file_write_and_commit_changes_nothing(
     ray.kill(victim, no_restart=False)
     with pytest.raises(ray.exceptions.RayActorError):
         ray.get(pending, timeout=60)
+    _wait_until_restarted(victim)
     assert asyncio.run(lake.describe(name))["current_snapshot_id"] == before
     assert asyncio.run(lake.scan(name)).num_rows == 1
     after = asyncio.run(lake.append(name, _rows(1, 1)))
     assert after["snapshot_id"] != before
     assert asyncio.run(lake.scan(name)).num_rows == 2
+
+
+def _wait_until_restarted(handle: ray.actor.ActorHandle, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ray.get(handle.ping.remote(), timeout=10)
+            return
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_errors_cross_the_process_boundary_typed(lake_settings: Settings) -> None:
