@@ -25,16 +25,15 @@ and positions are kept until the pipeline's state is deleted.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from actors.ingest.run_records import (
     RUN_ID_SUMMARY_KEY,
@@ -51,14 +50,9 @@ from actors.ingest.run_records import (
     run_record,
 )
 from actors.ingest.sources.base import RECORDED_KINDS, SourcePlan, StateView
-from cluster.db.diagnose import (
-    is_missing_table,
-    is_unavailable,
-    missing_schema_error,
-    unavailable_error,
-)
 from cluster.db.models import IngestInput, IngestRun
-from cluster.errors import ConfigError, DatapunkError, InvalidInputError, NotFoundError
+from cluster.db.store import PlatformStore
+from cluster.errors import ConfigError, InvalidInputError, NotFoundError
 
 __all__ = [
     "RUN_ID_SUMMARY_KEY",
@@ -123,11 +117,13 @@ class IngestState(Protocol):
 # ---------------------------------------------------------------- the SQL implementation
 
 
-class SqlIngestState:
+class SqlIngestState(PlatformStore):
     """``IngestState`` on the platform database (SQLite or PostgreSQL, migration 0002).
 
     ``now`` returns the current aware UTC time; it is the only clock this class reads.
     """
+
+    table_name = IngestRun.__tablename__
 
     def __init__(
         self,
@@ -143,37 +139,9 @@ class SqlIngestState:
                 value=(str(message_retention), max_message_ids),
                 allowed="a positive duration and 1 or more ids",
             )
-        self._sessions = session_factory
-        self._now_fn = now
+        super().__init__(session_factory, now)
         self.message_retention = message_retention
         self.max_message_ids = max_message_ids
-
-    def _now(self) -> datetime:
-        now = self._now_fn()
-        if now.tzinfo is None:
-            raise ValueError("SqlIngestState's now() must return an aware datetime (UTC)")
-        return now.astimezone(UTC)
-
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
-        """A session whose database failures arrive as ``DatapunkError`` subclasses."""
-        try:
-            async with self._sessions() as session:
-                yield session
-        except DatapunkError:
-            raise
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise unavailable_error(self._url(), exc) from None
-            if is_missing_table(exc):
-                raise missing_schema_error(IngestRun.__tablename__) from None
-            raise
-
-    def _url(self) -> str:
-        bind = self._sessions.kw.get("bind")
-        if isinstance(bind, AsyncEngine):
-            return bind.url.render_as_string(hide_password=False)
-        return "the configured database"
 
     # --- consumed inputs -------------------------------------------------------------
 

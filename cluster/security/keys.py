@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cluster.db.diagnose import (
-    is_missing_table,
-    is_unavailable,
-    missing_schema_error,
-    unavailable_error,
-)
 from cluster.db.models import ApiKey
-from cluster.errors import AuthenticationError, DatapunkError, InvalidInputError, NotFoundError
+from cluster.db.store import PlatformStore
+from cluster.errors import AuthenticationError, InvalidInputError, NotFoundError
 from cluster.security.principal import Principal
 from cluster.security.rbac import ALLOWED_ROLES, Role, parse_role
 
@@ -105,44 +99,18 @@ def _check_expiry(expires_in: timedelta | None) -> None:
 _Records = list[ApiKeyRecord]
 
 
-class KeyStore:
+class KeyStore(PlatformStore):
     """Create, list, revoke and authenticate API keys in the ``api_keys`` table.
 
     ``now`` returns the current aware UTC time; it is the only clock this class reads.
     """
 
+    table_name = ApiKey.__tablename__
+
     def __init__(
         self, session_factory: async_sessionmaker[AsyncSession], now: Callable[[], datetime]
     ) -> None:
-        self._sessions = session_factory
-        self._now_fn = now
-
-    def _now(self) -> datetime:
-        now = self._now_fn()
-        if now.tzinfo is None:
-            raise ValueError("KeyStore's now() must return an aware datetime (UTC)")
-        return now.astimezone(UTC)
-
-    @asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncSession]:
-        """A session whose database failures arrive as ``DatapunkError`` subclasses."""
-        try:
-            async with self._sessions() as session:
-                yield session
-        except DatapunkError:
-            raise
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise unavailable_error(self._url(), exc) from None
-            if is_missing_table(exc):
-                raise missing_schema_error(ApiKey.__tablename__) from None
-            raise
-
-    def _url(self) -> str:
-        bind = self._sessions.kw.get("bind")
-        if isinstance(bind, AsyncEngine):
-            return bind.url.render_as_string(hide_password=False)
-        return "the configured database"
+        super().__init__(session_factory, now)
 
     async def create(
         self,
