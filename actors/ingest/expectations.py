@@ -16,7 +16,7 @@ Invariant: ``passed.num_rows + quarantined.num_rows == table.num_rows``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -63,9 +63,14 @@ class ExpectationOutcome:
 
 @dataclass
 class _Quarantine:
-    rules: pa.Array
-    reasons: pa.Array
+    """Rows to quarantine so far, and each quarantining rule's mask, label and reason.
+
+    The ``_dq_rule`` / ``_dq_reason`` texts are built at the end for the quarantined rows
+    only: building them for every row costs string work per row of every batch.
+    """
+
     any: pa.Array
+    hits: list[tuple[pa.Array, str, str]] = field(default_factory=list)
 
 
 def evaluate(
@@ -86,7 +91,7 @@ def evaluate(
     """
     check_source_ref(table, source_ref)
     rows = table.num_rows
-    quarantine = _Quarantine(_nulls(rows), _nulls(rows), pa.array(np.zeros(rows, dtype=bool)))
+    quarantine = _Quarantine(pa.array(np.zeros(rows, dtype=bool)))
     results = [_check(table, rule, now, source_ref, quarantine) for rule in expectations]
     warnings = [_message(r) for r in results if r.violations and r.action == "warn"]
     failures = [_message(r) for r in results if r.violations and r.action == "fail"]
@@ -97,17 +102,27 @@ def evaluate(
         )
     bad = pc.indices_nonzero(quarantine.any)
     good = pc.indices_nonzero(pc.invert(quarantine.any))
+    passed = table.take(good) if len(bad) else table  # no copy when every row passes
+    rules, reasons = _labels(quarantine.hits, bad)
     quarantined = quarantine_rows(
-        table,
-        bad,
-        rules=quarantine.rules,
-        reasons=quarantine.reasons,
+        table.take(bad),
+        pa.array(np.arange(len(bad), dtype=np.int64)),
+        rules=rules,
+        reasons=reasons,
         run_id=run_id,
-        source_ref=source_ref,
+        source_ref=None if source_ref is None else source_ref.take(bad),
     )
-    return ExpectationOutcome(
-        table.take(good), quarantined, good, warnings, failures, tuple(results)
-    )
+    return ExpectationOutcome(passed, quarantined, good, warnings, failures, tuple(results))
+
+
+def _labels(hits: list[tuple[pa.Array, str, str]], bad: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``_dq_rule`` and ``_dq_reason`` of the rows ``bad``: every rule each broke."""
+    rules = reasons = _nulls(len(bad))
+    for mask, label, why in hits:
+        hit = pc.take(mask, bad)
+        rules = _append(rules, hit, label, ", ")
+        reasons = _append(reasons, hit, why, "; ")
+    return rules, reasons
 
 
 def _check(
@@ -125,8 +140,7 @@ def _check(
     mask = violations(table, rule)
     count = int(pc.sum(mask).as_py() or 0)
     if count and rule.action == "quarantine":
-        quarantine.rules = _append(quarantine.rules, mask, rule.label, ", ")
-        quarantine.reasons = _append(quarantine.reasons, mask, reason(rule), "; ")
+        quarantine.hits.append((mask, rule.label, reason(rule)))
         quarantine.any = pc.or_(quarantine.any, mask)
     detail = ""
     if count:
@@ -155,7 +169,7 @@ def _examples(
     rows = pc.indices_nonzero(mask).slice(0, MAX_EXAMPLES).to_pylist()
     columns = columns_of(rule) or table.column_names
     sample = table.select(columns).take(rows).to_pylist()
-    refs = pc.take(source_ref, rows).to_pylist() if source_ref is not None else rows
+    refs = source_ref.take(rows).to_pylist() if source_ref is not None else rows
     shown = []
     for ref, values in zip(refs, sample, strict=True):
         where = str(ref) if source_ref is not None else f"row {ref}"

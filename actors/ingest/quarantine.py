@@ -58,7 +58,7 @@ def quarantine_rows(
     if source_ref is None:
         source = pa.nulls(count, pa.string())
     else:
-        source = pc.take(source_ref, rows).cast(pa.string())
+        source = source_ref.take(rows).cast(pa.string())
     columns = {
         DQ_RULE: pc.take(rules, rows).cast(pa.string()),
         DQ_REASON: pc.take(reasons, rows).cast(pa.string()),

@@ -104,7 +104,8 @@ def process_batches(
         out.quarantined += [_undecodable(batch.errors, run_id)] if batch.errors else []
         result = apply_transforms(batch.table, spec.transforms, lookup=lookup, salts=salts)
         out.filtered += result.rows_filtered
-        refs = batch.refs.take(result.row_ids)
+        # nothing dropped means row_ids is every row in order: no need to take
+        refs = batch.refs.take(result.row_ids) if result.rows_filtered else batch.refs
         decision = check_drift(
             result.table.schema, sink_schema, spec.drift_policy, table=str(spec.sink.table)
         )

@@ -18,12 +18,14 @@ import base64
 import io
 import json
 import math
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from queue import Empty, Full, Queue
 from typing import Any, Literal, get_args
 
 import pyarrow as pa
@@ -347,7 +349,7 @@ def _read_csv(file: Path, options: _Options) -> Iterator[pa.RecordBatch]:
                     problem=f"column {field.name!r} is not valid {options.encoding} text",
                     fix="re-encode the file as UTF-8 or give its encoding",
                 )
-        yield from _rebatch(reader, options.rows)
+        yield from _rebatch(_read_ahead(reader), options.rows)
 
 
 def _check_header(schema: pa.Schema, file: Path, encoding: str) -> None:
@@ -405,3 +407,55 @@ def _rebatch(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Record
     for batch in batches:
         for offset in range(0, batch.num_rows, rows):
             yield batch.slice(offset, rows)
+
+
+_END = object()
+
+
+def _read_ahead(batches: Iterable[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """``batches`` parsed by a helper thread up to ``depth`` ahead of the caller.
+
+    pyarrow parses a CSV block without the GIL, so the next block is parsed while the
+    caller checks and transforms this one. An error in the thread is raised here; closing
+    the iterator early stops the thread before the caller closes the file.
+    """
+    queue: Queue[object] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.05)
+                return True
+            except Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for batch in batches:
+                if not put(batch):
+                    return
+        except BaseException as exc:  # handed to the caller, who raises it
+            put(exc)
+            return
+        put(_END)
+
+    thread = threading.Thread(target=pump, name="datapunk-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item = queue.get(timeout=0.05)
+            except Empty:
+                if not thread.is_alive() and queue.empty():
+                    raise RuntimeError("read-ahead thread ended without a result") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -157,7 +157,7 @@ class SourceBatch:
     """
 
     table: pa.Table
-    refs: pa.Array
+    refs: pa.Array | RowRefs
     errors: tuple[DatapunkError, ...] = ()
 
     def __post_init__(self) -> None:
@@ -247,10 +247,39 @@ class NoDeliveries:
 # ---------------------------------------------------------------- helpers
 
 
-def row_refs(prefix: str, first: int, count: int) -> pa.Array:
-    """``prefix`` + row number for ``count`` rows numbered from ``first`` (vectorised)."""
-    numbers = pa.array(np.arange(first, first + count, dtype=np.int64)).cast(pa.string())
-    return pc.binary_join_element_wise(pa.scalar(prefix), numbers, "")
+class RowRefs:
+    """``prefix`` + row number per row, as strings only for the rows someone reads.
+
+    Most rows pass every check and their refs are never read, so a batch keeps the row
+    numbers and ``take``/``cast``/``to_pylist`` make strings of just the rows asked for.
+    """
+
+    __slots__ = ("numbers", "prefix")
+
+    def __init__(self, prefix: str, numbers: pa.Array) -> None:
+        self.prefix = prefix
+        self.numbers = numbers
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def take(self, indices: pa.Array | Sequence[int]) -> RowRefs:
+        return RowRefs(self.prefix, pc.take(self.numbers, indices))
+
+    def to_array(self) -> pa.Array:
+        text = self.numbers.cast(pa.string())
+        return pc.binary_join_element_wise(pa.scalar(self.prefix), text, "")
+
+    def cast(self, target: pa.DataType) -> pa.Array:
+        return self.to_array().cast(target)
+
+    def to_pylist(self) -> list[Any]:
+        return self.to_array().to_pylist()
+
+
+def row_refs(prefix: str, first: int, count: int) -> RowRefs:
+    """``prefix`` + row number for ``count`` rows numbered from ``first`` (lazily)."""
+    return RowRefs(prefix, pa.array(np.arange(first, first + count, dtype=np.int64)))
 
 
 def repeated_ref(ref: str, count: int) -> pa.Array:
