@@ -10,6 +10,7 @@ Importing this module does nothing; run directly it exits 0 (``make bench``).
 
 from __future__ import annotations
 
+import argparse
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -107,3 +108,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def require_positive(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *names: str
+) -> None:
+    """Refuse counts below 1 with argparse's own error, naming the flag."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")

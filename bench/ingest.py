@@ -67,7 +67,7 @@ if __package__ in (None, ""):  # `python bench/ingest.py`: make the bench packag
 from actors.ingest.runner import RunOutcome
 from actors.lake.core import LakeCore
 from bench._lake_phases import BenchError, ParquetOptions, lake_files
-from bench._targets import Figure, Target, figures_table, median
+from bench._targets import Figure, Target, figures_table, median, require_positive
 from cluster.db.migrate import ensure_schema
 from jobs.ingest import run_file
 
@@ -431,10 +431,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--derive", action="store_true", help="add total = quantity * price")
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args(argv)
-    for name in ("rows", "repeats"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name} must be >= 1, got {value}")
+    require_positive(parser, args, "rows", "repeats")
     return args
 
 

@@ -58,7 +58,7 @@ from bench._lake_phases import (
     measure_sql,
     temporary_database,
 )
-from bench._targets import Figure, Target, figures_table, median, percentile
+from bench._targets import Figure, Target, figures_table, median, percentile, require_positive
 
 ROWS, QUICK_ROWS, SEED = 5_000_000, 500_000, 20_260_101
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -262,10 +262,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="keep the data dir here (an empty or new folder) for inspection",
     )
     args = parser.parse_args(argv)
-    for name in ("rows", "repeats", "scan_repeats", "sql_repeats", "commits", "commit_rows"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    require_positive(
+        parser, args, "rows", "repeats", "scan_repeats", "sql_repeats", "commits", "commit_rows"
+    )
     return args
 
 
