@@ -73,9 +73,14 @@ def _group(table: pa.Table, by: list[str], specs: list[Spec], sort_by: str | Non
     return out.rename_columns([*outs, *by]).select([*by, *outs])
 
 
+def _ordered(aggs: Sequence[Aggregation]) -> bool:
+    """Only first/last depend on row order; without them grouping may run unsorted."""
+    return any(a.fn in ("first", "last") for a in aggs)
+
+
 def partial_from_pairs(pairs: pa.Table, keys: list[str], aggs: Sequence[Aggregation]) -> pa.Table:
     """Partials of raw (event, window) pairs; first/last ordered by event time."""
-    out = _group(pairs, [*keys, WS, WE], _raw_specs(aggs), sort_by=T)
+    out = _group(pairs, [*keys, WS, WE], _raw_specs(aggs), sort_by=T if _ordered(aggs) else None)
     n = out.num_rows
     out = out.append_column(FIRED, pa.array(np.zeros(n, dtype=bool)))
     return out.append_column(DIRTY, pa.array(np.ones(n, dtype=bool)))
@@ -86,7 +91,12 @@ def merge_partials(partials: pa.Table, keys: list[str], aggs: Sequence[Aggregati
     by = [*keys, WS, WE]
     specs = _merge_specs(aggs)
     lasts = [s for s in specs if s[1] == "last"]
-    main = _group(partials, by, [s for s in specs if s[1] != "last"], sort_by="__ft")
+    main = _group(
+        partials,
+        by,
+        [s for s in specs if s[1] != "last"],
+        sort_by="__ft" if _ordered(aggs) else None,
+    )
     if not lasts:
         return main
     late = _group(partials, by, lasts, sort_by="__lt")

@@ -212,7 +212,12 @@ class WindowedAggregator:
 
     def _finalize(self, emitted: pa.Table) -> pa.Table:
         cols = agg.finalize_columns(emitted, self.config.aggregations)
-        codes = key_codes([emitted, *(self._values[a.as_] for a in self._vaggs)], self._keys)
+        # Key codes only serve distinct/quantile values; plain aggregates skip the argsort.
+        codes = (
+            key_codes([emitted, *(self._values[a.as_] for a in self._vaggs)], self._keys)
+            if self._vaggs
+            else []
+        )
         for a, vcodes in zip(self._vaggs, codes[1:], strict=True):
             vals = self._values[a.as_]
             ids_e, ids_v, n = agg.match_windows(

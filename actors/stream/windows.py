@@ -59,10 +59,10 @@ class Pairs:
 
 def assign(ticks: np.ndarray, window: TumblingWindow | SlidingWindow | SessionWindow) -> Pairs:
     """Window memberships of each event (sessions: a provisional ``[t, t + gap)``)."""
-    if isinstance(window, TumblingWindow):
-        return assign_sliding(
-            ticks, seconds_to_ticks(window.size_s), seconds_to_ticks(window.size_s)
-        )
+    if isinstance(window, TumblingWindow):  # one window per event: no repeat/tile needed
+        size = seconds_to_ticks(window.size_s)
+        starts = (ticks // size) * size
+        return Pairs(np.arange(len(ticks), dtype=np.int64), starts, starts + size)
     if isinstance(window, SlidingWindow):
         return assign_sliding(
             ticks, seconds_to_ticks(window.size_s), seconds_to_ticks(window.slide_s)
