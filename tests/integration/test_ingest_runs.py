@@ -18,16 +18,12 @@ import psycopg2
 import pyarrow as pa
 import pytest
 
-from actors.ingest.build import build_source
-from actors.ingest.run_records import RUN_ID_SUMMARY_KEY, RunCounts
-from actors.ingest.runner import PipelineRunner, RunOutcome
-from actors.ingest.spec import parse_pipeline
+from actors.ingest.run_records import RunCounts
+from actors.ingest.runner import RunOutcome
 from actors.ingest.state import SqlIngestState
 from actors.lake.core import LakeCore
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
 from cluster.settings import Settings, load_settings
-from tests.clock import FakeClock
+from tests.ingest_support import ingest_state, run_ids, run_pipeline
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -48,29 +44,15 @@ def lake(settings: Settings) -> LakeCore:
 
 @pytest.fixture
 async def state(settings: Settings) -> AsyncIterator[SqlIngestState]:
-    """Run records and consumed inputs on the platform database (SQLite in data_dir)."""
-    await upgrade(settings)
-    engine = create_engine(settings)
-    clock = FakeClock()
-
-    def ticking() -> datetime:
-        clock.advance(1)
-        return clock.now()
-
-    yield SqlIngestState(session_factory(engine), ticking)
-    await engine.dispose()
+    async with ingest_state(settings) as store:
+        yield store
 
 
 async def run(
     text: str, env: Mapping[str, str], settings: Settings, state: SqlIngestState, lake: LakeCore
 ) -> RunOutcome:
     """One run with a fresh source (as ``jobs.ingest`` does), closed afterwards."""
-    spec = parse_pipeline(text, env=env)
-    source = build_source(spec, settings, lake)
-    try:
-        outcome = await PipelineRunner(spec, lake=lake, state=state, source=source).run()
-    finally:
-        source.close()
+    outcome = await run_pipeline(text, settings, state, lake, env)
     record = await state.get_run(outcome.run_id)
     assert record.status == "succeeded" and record.counts == outcome.counts
     c = record.counts
@@ -81,10 +63,6 @@ async def run(
 
 def column(lake: LakeCore, table: str, name: str) -> list[object]:
     return sorted(lake.scan(table)[name].to_pylist())
-
-
-def run_ids(lake: LakeCore, table: str) -> list[str]:
-    return [s.summary.get(RUN_ID_SUMMARY_KEY, "") for s in lake.history(table)]
 
 
 # ---------------------------------------------------------------- SQL on PostgreSQL

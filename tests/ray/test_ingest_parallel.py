@@ -17,17 +17,15 @@ from ray.exceptions import RayTaskError
 
 from actors.ingest.build import build_source
 from actors.ingest.parallel import ray_map_splits
-from actors.ingest.run_records import RUN_ID_SUMMARY_KEY, RunCounts
+from actors.ingest.run_records import RunCounts
 from actors.ingest.runner import PipelineRunner, RunOutcome, SplitResult
 from actors.ingest.sources.base import SourcePlan, StateView
 from actors.ingest.sources.errors import InputChangedError
 from actors.ingest.spec import parse_pipeline
 from actors.ingest.state import SqlIngestState
 from actors.lake.core import LakeCore
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
 from cluster.settings import Settings, load_settings
-from tests.clock import FakeClock
+from tests.ingest_support import ingest_state, run_ids
 
 pytestmark = pytest.mark.ray
 
@@ -62,16 +60,8 @@ def lake(settings: Settings) -> LakeCore:
 
 @pytest.fixture
 async def state(settings: Settings) -> AsyncIterator[SqlIngestState]:
-    await upgrade(settings)
-    engine = create_engine(settings)
-    clock = FakeClock()
-
-    def ticking() -> datetime:
-        clock.advance(1)
-        return clock.now()
-
-    yield SqlIngestState(session_factory(engine), ticking)
-    await engine.dispose()
+    async with ingest_state(settings) as store:
+        yield store
 
 
 def write_files(root: Path, numbers: Iterable[int]) -> None:
@@ -146,10 +136,6 @@ async def run(
     c = outcome.counts
     assert c.read == c.written + c.quarantined + c.filtered
     return outcome, spy
-
-
-def run_ids(lake: LakeCore, table: str) -> list[str]:
-    return [s.summary.get(RUN_ID_SUMMARY_KEY, "") for s in lake.history(table)]
 
 
 def rows(lake: LakeCore, table: str) -> list[dict[str, object]]:

@@ -6,22 +6,17 @@ accepts keeps every row (rows read = rows written)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from actors.ingest.build import build_source
 from actors.ingest.run_records import RunCounts, RunRecord
-from actors.ingest.runner import PipelineRunner, RunOutcome
-from actors.ingest.spec import parse_pipeline
+from actors.ingest.runner import RunOutcome
 from actors.ingest.state import SqlIngestState
 from actors.lake.core import LakeCore
 from actors.lake.sql_errors import MalformedFileError
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
 from cluster.settings import Settings, load_settings
-from tests.clock import FakeClock
+from tests.ingest_support import ingest_state, run_pipeline
 
 SINK = "raw.orders"
 PIPELINE = """
@@ -51,16 +46,8 @@ def settings(data_dir: Path) -> Settings:
 
 @pytest.fixture
 async def state(settings: Settings) -> AsyncIterator[SqlIngestState]:
-    await upgrade(settings)
-    engine = create_engine(settings)
-    clock = FakeClock()
-
-    def ticking() -> datetime:  # one second per reading: runs list in start order
-        clock.advance(1)
-        return clock.now()
-
-    yield SqlIngestState(session_factory(engine), ticking)
-    await engine.dispose()
+    async with ingest_state(settings) as store:
+        yield store
 
 
 @pytest.fixture
@@ -71,9 +58,7 @@ def lake(settings: Settings) -> LakeCore:
 async def run(
     settings: Settings, state: SqlIngestState, lake: LakeCore, root: Path, pipeline: str = PIPELINE
 ) -> RunOutcome:
-    spec = parse_pipeline(pipeline.format(root=root), env={})
-    source = build_source(spec, settings, lake)
-    return await PipelineRunner(spec, lake=lake, state=state, source=source).run()
+    return await run_pipeline(pipeline.format(root=root), settings, state, lake)
 
 
 def balanced(counts: RunCounts | None) -> RunCounts:

@@ -9,15 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from actors.ingest.build import build_source
-from actors.ingest.runner import PipelineRunner, RunOutcome
-from actors.ingest.spec import parse_pipeline
+from actors.ingest.runner import RunOutcome
 from actors.ingest.state import SqlIngestState
 from actors.lake.core import LakeCore
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
 from cluster.settings import Settings, load_settings
-from tests.clock import FakeClock
+from tests.ingest_support import ingest_state, run_pipeline
 
 PIPELINE = """
 name: orders
@@ -54,10 +50,8 @@ def settings(data_dir: Path) -> Settings:
 
 @pytest.fixture
 async def state(settings: Settings) -> AsyncIterator[SqlIngestState]:
-    await upgrade(settings)
-    engine = create_engine(settings)
-    yield SqlIngestState(session_factory(engine), FakeClock().now)
-    await engine.dispose()
+    async with ingest_state(settings) as store:
+        yield store
 
 
 def write_csv(folder: Path, name: str, rows: list[str]) -> None:
@@ -66,9 +60,7 @@ def write_csv(folder: Path, name: str, rows: list[str]) -> None:
 
 
 async def run(settings: Settings, state: SqlIngestState, root: Path, lake: LakeCore) -> RunOutcome:
-    spec = parse_pipeline(PIPELINE.format(root=root), env={})
-    source = build_source(spec, settings, lake)
-    return await PipelineRunner(spec, lake=lake, state=state, source=source).run()
+    return await run_pipeline(PIPELINE.format(root=root), settings, state, lake)
 
 
 def check_invariant(outcome: RunOutcome) -> None:
