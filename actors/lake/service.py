@@ -135,12 +135,26 @@ class LakeService:
     # --- writes ------------------------------------------------------------------
 
     async def append(
-        self, name: str, data: pa.Table, *, evolve: bool = True, pause_before_commit_s: float = 0
+        self,
+        name: str,
+        data: pa.Table,
+        *,
+        evolve: bool = True,
+        pause_before_commit_s: float = 0,
+        snapshot_properties: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Append ``data``. ``pause_before_commit_s`` holds the written files uncommitted
-        for that long: a fault-injection seam for crash drills, zero in normal use."""
+        """Append ``data``. ``snapshot_properties`` go into the snapshot summary (a run or
+        epoch id, for idempotent writers). ``pause_before_commit_s`` holds the written
+        files uncommitted for that long: a fault-injection seam for crash drills."""
         hold = (lambda: time.sleep(pause_before_commit_s)) if pause_before_commit_s else None
-        result = await self._run(self.core.append, name, data, evolve=evolve, before_commit=hold)
+        result = await self._run(
+            self.core.append,
+            name,
+            data,
+            evolve=evolve,
+            before_commit=hold,
+            snapshot_properties=snapshot_properties,
+        )
         return plain(result)
 
     async def append_file(

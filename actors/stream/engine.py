@@ -71,8 +71,16 @@ class WindowedAggregator:
         """Current watermark in ticks (int64 microseconds)."""
         return self._wm.value
 
-    def process(self, batch: pa.RecordBatch | pa.Table) -> EmitResult:
-        """Fold one batch into state; emit windows the advanced watermark completed."""
+    def process(
+        self, batch: pa.RecordBatch | pa.Table, *, seen_max: int | None = None
+    ) -> EmitResult:
+        """Fold one batch into state; emit windows the advanced watermark completed.
+
+        ``seen_max`` (ticks) is the newest event time of the whole input batch when this
+        engine holds one key partition of it: every partition then advances one common
+        watermark, so partitioned results equal a single engine's and idle partitions
+        still close their windows.
+        """
         table = self._prepare(pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch)
         ticks = _to_ticks(table.column(self.config.time_column), self.config.time_column)
         valid = ticks != NO_WATERMARK
@@ -84,6 +92,8 @@ class WindowedAggregator:
         self._fold(table, rows[ok], pairs.starts[ok], pairs.ends[ok], ticks)
         retractions = self._merge_sessions() if self._keep_extra else None
         self._wm = self._wm.observe(ticks[valid])
+        if seen_max is not None and seen_max != NO_WATERMARK:
+            self._wm = self._wm.observe(np.array([seen_max], dtype=np.int64))
         return self._emit(late, retractions)
 
     def flush(self) -> EmitResult:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from cluster.errors import InvalidInputError
 
@@ -58,7 +58,21 @@ class AnyOf(BaseModel):
     any: list[Condition] = Field(min_length=1, description="Conditions of which one must hold.")
 
 
-Condition = Annotated[Cond | AllOf | AnyOf, Field(discriminator="kind")]
+def _condition_kind(value: Any) -> str:
+    """The node's ``kind``; when YAML leaves it out, ``all``/``any`` keys name it."""
+    if isinstance(value, BaseModel):
+        return str(getattr(value, "kind", "cond"))
+    if isinstance(value, dict):
+        if "kind" in value:
+            return str(value["kind"])
+        return "all" if "all" in value else "any" if "any" in value else "cond"
+    return "cond"
+
+
+Condition = Annotated[
+    Annotated[Cond, Tag("cond")] | Annotated[AllOf, Tag("all")] | Annotated[AnyOf, Tag("any")],
+    Discriminator(_condition_kind),
+]
 AllOf.model_rebuild()
 AnyOf.model_rebuild()
 

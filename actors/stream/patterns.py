@@ -94,8 +94,14 @@ class SequenceDetector:
         self._counters: dict[Key, int] = {}
 
     # ------------------------------------------------------------------ processing
-    def process(self, batch: pa.Table | pa.RecordBatch) -> MatchResult:
-        """Advance the detector by one batch; returns completed matches and late events."""
+    def process(
+        self, batch: pa.Table | pa.RecordBatch, *, seen_max_s: float | None = None
+    ) -> MatchResult:
+        """Advance the detector by one batch; returns completed matches and late events.
+
+        ``seen_max_s``: the newest event time of the whole input batch when this detector
+        holds one key partition of it, so all partitions judge lateness alike.
+        """
         table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         self._check_schema(table.schema)
         times = time_seconds(table[self.time_column])
@@ -107,6 +113,10 @@ class SequenceDetector:
         if (~late).any():
             batch_max = float(times[~late].max())
             self._max_seen = batch_max if self._max_seen is None else max(self._max_seen, batch_max)
+        if seen_max_s is not None and not np.isnan(seen_max_s):
+            self._max_seen = (
+                seen_max_s if self._max_seen is None else max(self._max_seen, seen_max_s)
+            )
         candidates = np.flatnonzero(masks.any(axis=0) | absent)
         completed = self._walk(table, times, candidates, masks, absent)
         self._expire()

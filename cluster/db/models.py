@@ -10,7 +10,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Dialect, Float, Index, MetaData, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -119,3 +130,36 @@ class IngestInput(Base):
     size: Mapped[int | None] = mapped_column(BigInteger)
     run_id: Mapped[str] = mapped_column(String(64))
     recorded_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class StreamTopology(Base):
+    """A deployed stream topology: its spec (JSON) and where it stands.
+
+    ``status`` is one of ``deployed``, ``running``, ``stopped``, ``failed``, ``finished``;
+    ``error`` says why a ``failed`` one stopped.
+    """
+
+    __tablename__ = "stream_topologies"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    spec: Mapped[Any] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class StreamCheckpoint(Base):
+    """One checkpoint of a topology: the opaque state saved at the end of an epoch.
+
+    Saving it is the topology's commit point; the newest epoch wins on restart.
+    """
+
+    __tablename__ = "stream_checkpoints"
+
+    topology: Mapped[str] = mapped_column(String(200), primary_key=True)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    size: Mapped[int] = mapped_column(BigInteger)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
