@@ -77,6 +77,7 @@ class StreamControl:
             namespace=self.settings.ray.namespace,
             lifetime="detached",
             get_if_exists=True,
+            num_cpus=topology.actor_cpus,
         ).remote(spec, export_settings(self.settings))
         self._specs.pop(topology.name, None)
         status = await self._wait_started(topology.name, timeout_s)

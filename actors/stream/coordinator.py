@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -30,7 +31,7 @@ def coordinator_name(topology: str) -> str:
     return f"stream-{topology}"
 
 
-@ray.remote(num_cpus=0.5, max_restarts=-1, max_task_retries=0, max_concurrency=32)  # type: ignore[call-overload]
+@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=32)  # type: ignore[call-overload]
 class StreamCoordinator:
     """Runs one topology until stopped; see the module doc."""
 
@@ -59,6 +60,7 @@ class StreamCoordinator:
             "error": self.error,
             "restarts": self.restarts,
             "partitions": self.topology.partitions,
+            "pid": os.getpid(),
             **self._status,
         }
 

@@ -26,7 +26,7 @@ from actors.stream.runner import PartitionFailure
 from actors.stream.topology import Topology
 
 
-@ray.remote(num_cpus=0.5, max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=-1, max_task_retries=0)
 class StreamPartitionActor:
     """One ``PartitionCore`` in its own process."""
 
@@ -66,6 +66,7 @@ def partition_actors(topology: Topology, namespace: str) -> list[Any]:
             namespace=namespace,
             lifetime="detached",
             get_if_exists=True,
+            num_cpus=topology.actor_cpus,
         ).remote(spec, i)
         for i in range(topology.partitions)
     ]

@@ -159,6 +159,9 @@ class Topology(_Model):
     sinks: list[SinkSpec] = Field(default_factory=list)
     partitions: int = Field(default=1, ge=1, le=64, description="actors, split by key hash")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="batches per partition")
+    actor_cpus: float = Field(
+        default=0.25, ge=0, le=64, description="CPUs Ray reserves per partition and coordinator"
+    )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     namespace: str = Field(default="stream", pattern=_NAME, description="Lake namespace")
     late_table: str | None = Field(default=None, description="default <namespace>.<name>_late")
@@ -180,6 +183,8 @@ class Topology(_Model):
                 )
         if self.partitions > 1 and not self.key_by:
             raise ValueError(f"partitions={self.partitions} needs key_by columns to split by")
+        if not self.key_by and any(isinstance(s, CacheSinkSpec) for s in self.sinks):
+            raise ValueError("a `latest` sink keeps one row per key: set key_by")
         if isinstance(self.source, QueueSource) and not self.event_schema:
             raise ValueError("a queue source needs `schema` (column: type) to decode events")
         self._check_columns()
