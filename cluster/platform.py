@@ -63,6 +63,9 @@ def urls(settings: Settings, state: PlatformState) -> dict[str, str]:
         "readiness": f"{base}/readyz",
         "metrics": f"{base}/metrics",
         "Ray dashboard": state.dashboard_url,
+        "actor metrics (Ray exporter)": (
+            f"http://{settings.ray.node_ip_address}:{settings.ray.metrics_export_port}/metrics"
+        ),
     }
 
 

@@ -163,6 +163,7 @@ def start_head(settings: Settings, marker: str) -> HeadAddresses:
         f"--dashboard-port={settings.ray.dashboard_port}",
         f"--ray-client-server-port={settings.ray.client_server_port}",
         f"--dashboard-agent-listen-port={settings.ray.dashboard_agent_port}",
+        f"--metrics-export-port={settings.ray.metrics_export_port}",
         f"--temp-dir={temp_dir(settings)}",
         "--disable-usage-stats",
     ]

@@ -65,6 +65,12 @@ class RaySettings(_Section):
     dashboard_agent_port: int = Field(
         52365, ge=1024, le=65535, description="HTTP port of the head's dashboard agent."
     )
+    metrics_export_port: int = Field(
+        8266,
+        ge=1024,
+        le=65535,
+        description="Where the head exports Ray's and Datapunk's actor metrics for Prometheus.",
+    )
     num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers; unset=all.")
     namespace: str = Field("datapunk", min_length=1, description="Ray namespace of our actors.")
 

@@ -18,7 +18,7 @@ import pytest
 
 BIN = Path(sys.executable).parent
 # Outside Ray's default worker-port range (10002-19999) and the developer defaults.
-PORTS = {"ray": 26500, "dashboard": 28365, "gateway": 28500, "client": 26501, "agent": 28366}
+PORTS = {"ray": 26500, "dashboard": 28365, "gateway": 28500, "client": 26501, "agent": 28366, "metrics": 28367}
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ def platform_env(data_dir: Path) -> dict[str, str]:
         DATAPUNK_GATEWAY__PORT=str(PORTS["gateway"]),
         DATAPUNK_RAY__CLIENT_SERVER_PORT=str(PORTS["client"]),
         DATAPUNK_RAY__DASHBOARD_AGENT_PORT=str(PORTS["agent"]),
+        DATAPUNK_RAY__METRICS_EXPORT_PORT=str(PORTS["metrics"]),
         DATAPUNK_GATEWAY__HAPROXY_STATS_PORT="26404",
         DATAPUNK_GATEWAY__HAPROXY_METRICS_PORT="26405",
         DATAPUNK_GATEWAY__FALLBACK_PROXY_PORT="26450",
