@@ -46,9 +46,15 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: _ALL,
     # Builds and runs everything, but cannot mint or revoke keys.
     Role.ENGINEER: _ALL - {Permission.KEYS_MANAGE},
-    # Read-only: the platform's state, Lake tables and the model registry.
+    # Read-only: the platform's state, Lake tables, streams' state and outputs, the
+    # model registry.
     Role.ANALYST: frozenset(
-        {Permission.PLATFORM_READ, Permission.LAKE_TABLE_READ, Permission.MODEL_READ}
+        {
+            Permission.PLATFORM_READ,
+            Permission.LAKE_TABLE_READ,
+            Permission.STREAM_READ,
+            Permission.MODEL_READ,
+        }
     ),
     # Machines: ingest into Lake, push stream events, ask for predictions.
     Role.SERVICE: frozenset(

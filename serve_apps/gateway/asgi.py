@@ -32,6 +32,7 @@ from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
 from serve_apps.gateway.routes_keys import keys_router
 from serve_apps.gateway.routes_lake import lake_router
 from serve_apps.gateway.routes_pipelines import JobLauncher, pipelines_router
+from serve_apps.gateway.routes_streams import StreamOps, streams_router, streams_socket_router
 
 Check = Callable[[], Awaitable[None]]
 READY_TIMEOUT_S = 3.0
@@ -49,6 +50,7 @@ class GatewayDeps:
     lake: LakeService | None = None
     pipelines: tuple[Path, JobLauncher, IngestState] | None = None
     spool_dir: Path | None = None
+    streams: StreamOps | None = None
     forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
 
@@ -162,6 +164,8 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
     if deps.lake is not None:
         spool = deps.spool_dir or Path(tempfile.gettempdir()) / "datapunk-uploads"
         router.include_router(lake_router(deps.lake, spool))
+    if deps.streams is not None:
+        router.include_router(streams_router(deps.streams))
     return router
 
 
@@ -178,6 +182,11 @@ def create_app(deps: GatewayDeps, *, echo_request_id: bool = True) -> FastAPI:
     _install_error_handlers(app)
     _health_routes(app, deps)
     app.include_router(_v1_router(deps))
+    if deps.streams is not None:
+        # WebSockets authenticate at connect themselves (see routes_streams).
+        app.include_router(
+            streams_socket_router(deps.streams, deps.authenticator), prefix="/api/v1"
+        )
     app.add_middleware(
         RequestContextMiddleware, metrics=deps.metrics, echo_request_id=echo_request_id
     )

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 
 from actors.ingest.state import SqlIngestState
 from actors.lake.client import RayLake
+from actors.stream.control import StreamControl
 from cluster.cache import build_cache
 from cluster.db.engine import connect, create_engine, session_factory
 from cluster.health import check_amqp
@@ -91,6 +92,8 @@ class Gateway:
                 RayJobLauncher(head_addresses(self.settings).dashboard_url),
                 SqlIngestState(session_factory(self.engine), _utcnow),
             ),
+            # Connects lazily (platform DB on first call; Ray actors by name per call).
+            streams=StreamControl(self.settings),
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

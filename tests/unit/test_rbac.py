@@ -18,7 +18,7 @@ from cluster.security.rbac import (
     require,
 )
 
-READ_ONLY = {"platform:read", "lake.table:read", "model:read"}
+READ_ONLY = {"platform:read", "lake.table:read", "stream:read", "model:read"}
 
 
 def test_permissions_are_resource_colon_action() -> None:
