@@ -31,7 +31,14 @@ def coordinator_name(topology: str) -> str:
     return f"stream-{topology}"
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=32)  # type: ignore[call-overload]
+@ray.remote(  # type: ignore[call-overload]
+    max_restarts=-1,
+    max_task_retries=0,
+    max_concurrency=8,
+    # Long-polling readers (tail, WebSocket subscribers) get their own threads, so a crowd
+    # of them never starves status and stop calls.
+    concurrency_groups={"readers": 128},
+)
 class StreamCoordinator:
     """Runs one topology until stopped; see the module doc."""
 
@@ -64,6 +71,7 @@ class StreamCoordinator:
             **self._status,
         }
 
+    @ray.method(concurrency_group="readers")
     def tail(
         self, after: int = 0, outputs: list[str] | None = None, timeout_s: float = 0.0
     ) -> dict[str, Any]:

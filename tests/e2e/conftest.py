@@ -18,7 +18,14 @@ import pytest
 
 BIN = Path(sys.executable).parent
 # Outside Ray's default worker-port range (10002-19999) and the developer defaults.
-PORTS = {"ray": 26500, "dashboard": 28365, "gateway": 28500, "client": 26501, "agent": 28366, "metrics": 28367}
+PORTS = {
+    "ray": 26500,
+    "dashboard": 28365,
+    "gateway": 28500,
+    "client": 26501,
+    "agent": 28366,
+    "metrics": 28367,
+}
 
 
 @dataclass(frozen=True)

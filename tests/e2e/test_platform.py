@@ -198,6 +198,97 @@ def test_ray_job_submit_runs_the_projects_python(platform: Platform, tmp_path: P
     assert str(BIN) in probe
 
 
+STREAM = """
+name: e2e_clicks
+source: {kind: queue}
+schema: {user: string, page: string, ts: double}
+time_column: ts
+key_by: [user]
+partitions: 2
+actor_cpus: 0
+operators:
+  - kind: window
+    name: per_10s
+    window: {kind: tumbling, size_s: 10}
+    aggregations: [{fn: count, as: clicks}, {column: page, fn: distinct, as: pages}]
+sinks:
+  - {kind: lake, from: per_10s, table: stream.e2e_clicks_per_10s}
+  - {kind: latest, from: per_10s}
+  - {kind: subscribe, from: per_10s}
+checkpoint: {interval_s: 0.2}
+"""
+
+
+def _stream_status(platform: Platform) -> dict:
+    shown = platform.datapunk("stream", "status", "e2e_clicks", "--json")
+    assert shown.returncode == 0, shown.stderr
+    return dict(json.loads(shown.stdout))
+
+
+def test_a_stream_takes_events_over_http_and_pushes_windows_to_subscribers(
+    platform: Platform, tmp_path: Path
+) -> None:
+    import asyncio
+
+    import websockets
+
+    spec = tmp_path / "clicks.yaml"
+    spec.write_text(STREAM)
+    deployed = platform.datapunk("stream", "deploy", str(spec))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    service, analyst = _key(platform, "service"), _key(platform, "analyst")
+    ws_url = platform.gateway.replace("http://", "ws://")
+
+    async def first_window() -> dict:
+        url = f"{ws_url}/api/v1/streams/e2e_clicks/subscribe?api_key={analyst}&outputs=per_10s"
+        async with websockets.connect(url) as socket:
+            while True:
+                frame = json.loads(await asyncio.wait_for(socket.recv(), 60))
+                if frame.get("output") == "per_10s":
+                    return dict(frame)
+
+    async def scenario() -> dict:
+        waiting = asyncio.create_task(first_window())
+        await asyncio.sleep(1.0)
+        events = [{"user": f"u{i % 3}", "page": f"p{i % 4}", "ts": i * 0.5} for i in range(100)]
+        async with httpx.AsyncClient(base_url=platform.gateway, timeout=30) as client:
+            refused = await client.post(
+                "/api/v1/streams/e2e_clicks/events", json=events, headers={"X-API-Key": analyst}
+            )
+            assert refused.status_code == 403
+            bad = await client.post(
+                "/api/v1/streams/e2e_clicks/events",
+                json=[{"user": "u1", "page": "p", "ts": "yesterday"}],
+                headers={"X-API-Key": service},
+            )
+            assert bad.status_code == 422, bad.text
+            sent = await client.post(
+                "/api/v1/streams/e2e_clicks/events",
+                json=events,
+                headers={"X-API-Key": service, "Idempotency-Key": "batch-1"},
+            )
+            assert sent.status_code == 202, sent.text
+            assert sent.json()["accepted"] == 100
+        return await waiting
+
+    frame = asyncio.run(scenario())
+    assert frame["rows"] and {"user", "window_start", "clicks", "pages"} <= set(frame["rows"][0])
+    deadline = time.monotonic() + 60
+    while (status := _stream_status(platform))["live"].get("events_in", 0) < 100:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+    assert status["state"] == "running"
+    assert status["queue"]["ready"] == 0
+    metrics = httpx.get(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=10).text
+    assert "datapunk_stream_events_total{" in metrics and 'topology="e2e_clicks"' in metrics
+    tail = platform.datapunk("stream", "tail", "e2e_clicks", "--no-follow", "--json")
+    assert tail.returncode == 0 and "per_10s" in tail.stdout, tail.stderr
+    stopped = platform.datapunk("stream", "stop", "e2e_clicks")
+    assert stopped.returncode == 0, stopped.stderr
+    listed = json.loads(platform.datapunk("stream", "ls", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in listed] == [("e2e_clicks", "stopped")]
+
+
 def test_down_leaves_no_ray_or_serve_process_behind(platform: Platform) -> None:
     state = PlatformState.load(platform.data_dir / "platform.json")
     assert state is not None and state.marker
