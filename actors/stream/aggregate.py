@@ -65,7 +65,9 @@ def _group(table: pa.Table, by: list[str], specs: list[Spec], sort_by: str | Non
     if sort_by is not None:
         table = table.take(pc.sort_indices(table, sort_keys=[(sort_by, "ascending")]))
     agg = [(c, f, o) if o is not None else (c, f) for c, f, o, _ in specs]
-    out = table.group_by(by, use_threads=sort_by is None).aggregate(agg)
+    # Single-threaded: an engine holds one key partition and partitions are the unit of
+    # parallelism (one actor each); Arrow's thread pool per 100K-row batch cost ~15% here.
+    out = table.group_by(by, use_threads=False).aggregate(agg)
     outs = [n for _, _, _, n in specs]
     # Rename by position: two specs may share an input (sum for both sum and mean).
     if out.column_names[: len(by)] == by:

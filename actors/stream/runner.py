@@ -50,6 +50,7 @@ from cluster.errors import DatapunkError, PlatformStateError
 
 log = logging.getLogger(__name__)
 RECENT_EPOCHS = 8
+FETCH_MAX_MESSAGES = 5_000
 
 
 class PartitionFailure(DatapunkError):
@@ -160,6 +161,7 @@ class TopologyRunner:
         self._committed: list[bytes] = []
         self._epoch = _Epoch(1, 0, monotonic())
         self._events_schema: pa.Schema | None = None
+        self._events_per_message = 1.0
         self.finished = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -221,8 +223,10 @@ class TopologyRunner:
             await self.rollback("the source reconnected")
             epoch = self._epoch
         room = max(1, self.topology.checkpoint.max_events - epoch.events)
+        # Messages may carry batches: ask for as many as should hold ``room`` events.
+        messages = max(1, min(FETCH_MAX_MESSAGES, int(room / self._events_per_message)))
         remaining = self.topology.checkpoint.interval_s - (self._monotonic() - epoch.started)
-        deliveries = await self.source.fetch(room, max(0.005, remaining))
+        deliveries = await self.source.fetch(messages, max(0.005, remaining))
         if deliveries and deliveries[0].generation != epoch.generation:
             await self.rollback("the source reconnected")
             deliveries = [d for d in deliveries if d.generation == self._epoch.generation]
@@ -251,6 +255,9 @@ class TopologyRunner:
         if "events" in self.sinks:
             epoch.outputs.append({"events": events})
         epoch.events += decoded.events.num_rows + len(decoded.dead)
+        if fresh:
+            seen = (decoded.events.num_rows + len(decoded.dead)) / len(fresh)
+            self._events_per_message = 0.8 * self._events_per_message + 0.2 * max(1.0, seen)
         self.stats.received(decoded.events.num_rows, events.num_rows, len(decoded.dead), seen_max)
 
     def _due(self) -> bool:
