@@ -19,8 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 import tempfile
 import time
 import uuid
@@ -34,9 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from actors.stream.operators import Outputs, split
+from actors.stream.runner import newest_ticks
 from actors.stream.topology import Topology, load_topology
-from actors.stream.watermark import NO_WATERMARK
-from actors.stream.windows import to_ticks
 from cluster.errors import DatapunkError
 
 TICKS = 1_000_000  # microseconds per second, the engine's tick
@@ -102,9 +99,7 @@ def totals(outputs: Sequence[Outputs], events: int, seconds: float, note: str = 
 
 def seen_max(batch: pa.Table) -> int:
     """Newest event time of ``batch`` in ticks, as the runner computes it."""
-    ticks = to_ticks(batch["ts"], "ts")
-    valid = ticks[ticks != NO_WATERMARK]
-    return int(valid.max()) if len(valid) else NO_WATERMARK
+    return newest_ticks(batch, "ts")
 
 
 # --- Ray -------------------------------------------------------------------------------
@@ -112,35 +107,11 @@ def seen_max(batch: pa.Table) -> int:
 
 @contextmanager
 def local_ray(num_cpus: int = 2) -> Iterator[None]:
-    """A fresh local Ray cluster with token auth (token in a temp file), shut down after."""
-    import ray
+    """A fresh local Ray cluster with token auth (its own temporary token), shut down after."""
+    from cluster.ray_runtime import private_local_cluster
 
-    from cluster.ray_runtime import use_token_auth
-
-    keys = ("RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
-    saved = {key: os.environ.get(key) for key in keys}
-    with tempfile.TemporaryDirectory(prefix="datapunk-bench-ray-") as tmp:
-        token = Path(tmp) / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-        use_token_auth(token)
-        ray.init(
-            num_cpus=num_cpus,
-            namespace="datapunk-bench",
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with private_local_cluster(num_cpus=num_cpus, namespace="datapunk-bench"):
+        yield
 
 
 def run_ray(batches: Sequence[pa.Table], n: int, partitions: int = 1) -> Run:

@@ -18,7 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,3 +228,42 @@ def stop_head(marker: str, grace_s: float = 10.0) -> int:
             break
         total += terminate(procs, grace_s)
     return total
+
+
+@contextmanager
+def private_local_cluster(
+    *, num_cpus: int, namespace: str, env: Mapping[str, str] | None = None
+) -> Iterator[None]:
+    """A throwaway local Ray cluster (tests, benchmarks): token auth on with a token of its
+    own in a temporary file, usage stats off, loopback only; environment restored after.
+
+    ``env`` goes to this process's environment first, so the cluster's processes inherit
+    it (Serve's port settings, for one).
+    """
+    import ray
+
+    extra = {"RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    keys = [*extra, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"]
+    saved = {key: os.environ.get(key) for key in keys}
+    with tempfile.TemporaryDirectory(prefix="datapunk-ray-auth-") as tmp:
+        token = Path(tmp) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        os.environ.update(extra)
+        use_token_auth(token)
+        ray.init(
+            num_cpus=num_cpus,
+            namespace=namespace,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

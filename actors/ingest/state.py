@@ -30,8 +30,6 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,8 +49,8 @@ from actors.ingest.run_records import (
 )
 from actors.ingest.sources.base import RECORDED_KINDS, SourcePlan, StateView
 from cluster.db.models import IngestInput, IngestRun
-from cluster.db.store import PlatformStore
-from cluster.errors import ConfigError, InvalidInputError, NotFoundError
+from cluster.db.store import PlatformStore, upsert_insert
+from cluster.errors import InvalidInputError, NotFoundError
 
 __all__ = [
     "RUN_ID_SUMMARY_KEY",
@@ -223,7 +221,7 @@ class SqlIngestState(PlatformStore):
                     "run_id": run_id,
                     "recorded_at": now,
                 }
-        insert = self._insert(session)
+        insert = upsert_insert(session)
         rows = list(inputs.values())
         for start in range(0, len(rows), _CHUNK):
             stmt = insert(IngestInput).values(rows[start : start + _CHUNK])
@@ -234,16 +232,6 @@ class SqlIngestState(PlatformStore):
             await session.execute(stmt.on_conflict_do_update(index_elements=["key"], set_=changes))
         for source in sorted({r["source"] for r in rows if r["kind"] == "message"}):
             await self._prune_messages(session, pipeline, source, now)
-
-    def _insert(self, session: AsyncSession) -> Any:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            return pg_insert
-        if dialect == "sqlite":
-            return sqlite_insert
-        raise ConfigError(
-            key="database_url", value=dialect, allowed="a PostgreSQL or SQLite platform database"
-        )
 
     async def _prune_messages(
         self, session: AsyncSession, pipeline: str, source: str, now: datetime

@@ -249,7 +249,7 @@ class TopologyRunner:
         if events.num_columns == 0:
             return
         self._events_schema = events.schema
-        seen_max = _newest(events, self.topology.time_column)
+        seen_max = newest_ticks(events, self.topology.time_column)
         parts = split(events, self.topology.key_by, self.partitions.count)
         await self.partitions.submit(parts, seen_max)
         if "events" in self.sinks:
@@ -349,7 +349,8 @@ class TopologyRunner:
         }
 
 
-def _newest(events: pa.Table, time_column: str) -> int:
+def newest_ticks(events: pa.Table, time_column: str) -> int:
+    """Newest valid event time of ``events`` in ticks (``NO_WATERMARK`` when none)."""
     if events.num_rows == 0:
         return NO_WATERMARK
     ticks = to_ticks(events[time_column], time_column)

@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cluster.db.diagnose import (
@@ -20,7 +22,7 @@ from cluster.db.diagnose import (
     missing_schema_error,
     unavailable_error,
 )
-from cluster.errors import DatapunkError
+from cluster.errors import ConfigError, DatapunkError
 
 
 class PlatformStore:
@@ -60,3 +62,15 @@ class PlatformStore:
         if isinstance(bind, AsyncEngine):
             return bind.url.render_as_string(hide_password=False)
         return "the configured database"
+
+
+def upsert_insert(session: AsyncSession) -> Any:
+    """The dialect's ``insert``, which offers ``on_conflict_do_update`` (an upsert)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return pg_insert
+    if dialect == "sqlite":
+        return sqlite_insert
+    raise ConfigError(
+        key="database_url", value=dialect, allowed="a PostgreSQL or SQLite platform database"
+    )

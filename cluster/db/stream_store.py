@@ -19,15 +19,13 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Self, get_args
 
 from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cluster.db.engine import create_engine, session_factory
 from cluster.db.migrate import ensure_schema
 from cluster.db.models import StreamCheckpoint, StreamTopology
-from cluster.db.store import PlatformStore
-from cluster.errors import ConfigError, InvalidInputError, NotFoundError
+from cluster.db.store import PlatformStore, upsert_insert
+from cluster.errors import InvalidInputError, NotFoundError
 from cluster.settings import Settings
 
 __all__ = [
@@ -71,18 +69,6 @@ def _check_epoch(epoch: int) -> int:
     return epoch
 
 
-def _insert(session: AsyncSession) -> Any:
-    """The dialect's ``insert``, which offers ``on_conflict_do_update`` (an upsert)."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return pg_insert
-    if dialect == "sqlite":
-        return sqlite_insert
-    raise ConfigError(
-        key="database_url", value=dialect, allowed="a PostgreSQL or SQLite platform database"
-    )
-
-
 class _StreamStore(PlatformStore):
     """What both stream stores share: how they are built from an engine."""
 
@@ -107,7 +93,7 @@ class SqlCheckpointStore(_StreamStore):
         data = bytes(payload)
         now = self._now()
         async with self._session() as session, session.begin():
-            stmt = _insert(session)(StreamCheckpoint).values(
+            stmt = upsert_insert(session)(StreamCheckpoint).values(
                 topology=topology, epoch=epoch, created_at=now, size=len(data), payload=data
             )
             changes = {"created_at": now, "size": len(data), "payload": data}
@@ -206,7 +192,7 @@ class TopologyStore(_StreamStore):
             )
         now = self._now()
         async with self._session() as session, session.begin():
-            stmt = _insert(session)(StreamTopology).values(
+            stmt = upsert_insert(session)(StreamTopology).values(
                 name=name,
                 spec=spec,
                 status="deployed",

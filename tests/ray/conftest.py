@@ -6,14 +6,12 @@ switches production uses, so what these tests prove is what ``datapunk up`` depl
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cluster.ray_runtime import serve_env, use_token_auth
+from cluster.ray_runtime import private_local_cluster, serve_env
 from cluster.settings import Settings, load_settings
 
 TEST_NAMESPACE = "datapunk-test"
@@ -28,36 +26,15 @@ TEST_SERVE_PORTS = {
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    import ray
+def ray_cluster() -> Iterator[None]:
+    env = serve_env(load_settings(gateway=TEST_SERVE_PORTS))
+    with private_local_cluster(num_cpus=2, namespace=TEST_NAMESPACE, env=env):
+        try:
+            yield
+        finally:
+            from ray import serve
 
-    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    # The local cluster's processes inherit this process's environment.
-    env = {"RAY_USAGE_STATS_ENABLED": "0", **serve_env(load_settings(gateway=TEST_SERVE_PORTS))}
-    saved = {key: os.environ.get(key) for key in [*env, "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH"]}
-    os.environ.update(env)
-    use_token_auth(token)
-    ray.init(
-        num_cpus=2,
-        namespace=TEST_NAMESPACE,
-        include_dashboard=False,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
-    try:
-        yield
-    finally:
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            serve.shutdown()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from actors.stream.operators import PartitionCore, concat_outputs, split
-from actors.stream.runner import _newest
+from actors.stream.runner import newest_ticks
 from actors.stream.topology import load_topology
 
 SCHEMA = pa.schema([("k", pa.string()), ("v", pa.float64()), ("ts", pa.float64())])
@@ -58,7 +58,7 @@ def run(partitions: int, window: dict[str, Any], batches: list[pa.Table]) -> dic
     cores = [PartitionCore(spec) for _ in range(partitions)]
     outputs = []
     for batch in batches:
-        newest = _newest(batch, "ts")
+        newest = newest_ticks(batch, "ts")
         for core, part in zip(cores, split(batch, ["k"], partitions), strict=True):
             outputs.append(core.process(part, newest))
     outputs += [core.flush(SCHEMA) for core in cores]
