@@ -32,7 +32,8 @@ from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
 from serve_apps.gateway.routes_keys import keys_router
 from serve_apps.gateway.routes_lake import lake_router
 from serve_apps.gateway.routes_pipelines import JobLauncher, pipelines_router
-from serve_apps.gateway.routes_streams import StreamOps, streams_router, streams_socket_router
+from serve_apps.gateway.routes_stream_sockets import streams_socket_router
+from serve_apps.gateway.routes_streams import StreamOps, streams_router
 
 Check = Callable[[], Awaitable[None]]
 READY_TIMEOUT_S = 3.0

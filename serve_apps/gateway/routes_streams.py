@@ -5,33 +5,26 @@ against the topology's schema) before they are queued, so a client learns at onc
 body is not JSON or that a value does not fit its column, instead of finding it later
 among the dead letters. A body is queued whole as one message: a batch stays a batch.
 
-The HTTP routes sit under the v1 router (API key, then a permission per route). The
-WebSocket routes authenticate at connect themselves: FastAPI's ``Request`` dependencies
-do not run for WebSockets, and a browser cannot set headers, so the key may also come as
-``?api_key=``. A refused socket gets one error frame, then a close code of 4000 plus the
-HTTP status (4401, 4403, 4404, ...).
+The HTTP routes sit under the v1 router (API key, then a permission per route); the
+WebSocket ones live in ``routes_stream_sockets.py`` and authenticate at connect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Protocol
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request, WebSocket
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
-from starlette.websockets import WebSocketDisconnect
 
 from actors.ingest.sources.messages import ARROW_STREAM, decode_body
 from actors.stream.decode import SchemaViolation, conform
 from actors.stream.topology import BUILTIN_OUTPUTS, QueueSource, Topology, load_topology
 from cluster.errors import DatapunkError, InvalidInputError, ServiceUnavailableError
-from cluster.security.principal import Authenticator, Principal
-from cluster.security.rbac import require
-from serve_apps.gateway.auth import credentials_from, permission
+from cluster.security.principal import Principal
+from serve_apps.gateway.auth import permission
 from serve_apps.gateway.middleware import error_body
 
 READ_PERMISSION = "stream:read"
@@ -161,7 +154,7 @@ def count_events(topology: Topology, body: bytes, content_type: str, message_id:
     return int(table.num_rows)
 
 
-def _queue_fed(topology: Topology) -> Topology:
+def queue_fed(topology: Topology) -> Topology:
     if not isinstance(topology.source, QueueSource):
         raise InvalidInputError(
             field="stream",
@@ -177,7 +170,7 @@ async def accept_events(
     """Check ``body`` against the deployed topology and queue it as one message."""
     if len(body) > limit:
         raise PayloadTooLargeError(size=len(body), limit=limit)
-    topology = _queue_fed(await streams.topology(name))
+    topology = queue_fed(await streams.topology(name))
     if len(body) > _THREAD_ABOVE_BYTES:
         count = await asyncio.to_thread(count_events, topology, body, content_type, message_id)
     else:
@@ -311,130 +304,5 @@ def streams_router(streams: StreamOps, *, max_event_bytes: int = MAX_EVENT_BYTES
             )
         except ServiceUnavailableError as exc:
             return _unavailable(exc, request)
-
-    return router
-
-
-# --- WebSocket -------------------------------------------------------------------------
-
-
-def _error_frame(exc: DatapunkError, websocket: WebSocket) -> dict[str, Any]:
-    request_id = websocket.scope.get("state", {}).get("request_id")
-    return {"ok": False, **exc.to_dict(request_id)}
-
-
-async def _refuse(websocket: WebSocket, exc: DatapunkError) -> None:
-    """One error frame, then close with 4000 + the HTTP status (4401, 4403, 4404 ...)."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        await websocket.send_json(_error_frame(exc, websocket))
-        await websocket.close(code=4000 + exc.http_status, reason=exc.code)
-
-
-def socket_token(websocket: WebSocket) -> str:
-    """``?api_key=`` (browsers cannot set headers), else the headers HTTP takes it from."""
-    token = websocket.query_params.get("api_key", "").strip()
-    # The HTTP rules and messages, applied to the handshake's headers.
-    return token or credentials_from(
-        Request({"type": "http", "headers": websocket.scope["headers"]})
-    )
-
-
-async def _admit(websocket: WebSocket, authenticator: Authenticator, needs: str) -> bool:
-    """Accept, then authenticate and authorize; False after refusing the socket."""
-    await websocket.accept()
-    try:
-        principal = await authenticator.authenticate(socket_token(websocket))
-        require(principal, needs)
-    except DatapunkError as exc:
-        await _refuse(websocket, exc)
-        return False
-    return True
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    """Retrieve an abandoned poll's outcome, so asyncio does not log it as lost."""
-    if not future.cancelled():
-        future.exception()
-
-
-async def _until_disconnect(websocket: WebSocket) -> None:
-    while (await websocket.receive())["type"] != "websocket.disconnect":
-        pass  # a subscriber has nothing to say; ignore what it sends
-
-
-async def _ingest_frame(
-    streams: StreamOps, name: str, message: Mapping[str, Any], limit: int
-) -> EventsAccepted:
-    if message.get("text") is not None:
-        body, content_type = message["text"].encode("utf-8"), JSON
-    else:
-        body, content_type = message.get("bytes") or b"", ARROW_STREAM
-    return await accept_events(streams, name, body, content_type, uuid.uuid4().hex, limit)
-
-
-async def _forward(
-    websocket: WebSocket, streams: StreamOps, name: str, after: int, outputs: list[str] | None
-) -> None:
-    """Long-poll ``tail`` and send each entry as a frame, until the client goes."""
-    gone = asyncio.ensure_future(_until_disconnect(websocket))
-    cursor = after
-    try:
-        while True:
-            poll = asyncio.ensure_future(streams.tail(name, cursor, outputs, SUBSCRIBE_POLL_S))
-            await asyncio.wait({poll, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if gone.done():
-                poll.cancel()
-                poll.add_done_callback(_ignore_outcome)
-                return
-            page = poll.result()
-            if page["missed"]:
-                await websocket.send_json({"missed": page["missed"], "cursor": page["cursor"]})
-            for entry in page["entries"]:
-                await websocket.send_json(entry)
-            # A cursor behind ours means the coordinator restarted with an empty ring.
-            cursor = page["cursor"] if page["cursor"] >= cursor else 0
-    finally:
-        gone.cancel()
-
-
-def streams_socket_router(
-    streams: StreamOps, authenticator: Authenticator, *, max_event_bytes: int = MAX_EVENT_BYTES
-) -> APIRouter:
-    """The WebSocket routes; include at the app under ``/api/v1`` (they authenticate)."""
-    router = APIRouter(prefix="/streams")
-
-    @router.websocket("/{name}/ingest")
-    async def ingest(websocket: WebSocket, name: str) -> None:
-        """Each text (JSON) or binary (Arrow IPC) frame is one message; one reply each."""
-        if not await _admit(websocket, authenticator, PUBLISH_PERMISSION):
-            return
-        try:
-            _queue_fed(await streams.topology(name))
-            while (message := await websocket.receive())["type"] != "websocket.disconnect":
-                try:
-                    accepted = await _ingest_frame(streams, name, message, max_event_bytes)
-                    reply = {"ok": True, **accepted.model_dump()}
-                except DatapunkError as exc:  # bad input is answered, not fatal
-                    reply = _error_frame(exc, websocket)
-                await websocket.send_json(reply)
-        except DatapunkError as exc:
-            await _refuse(websocket, exc)
-        except WebSocketDisconnect:
-            return
-
-    @router.websocket("/{name}/subscribe")
-    async def subscribe(
-        websocket: WebSocket, name: str, outputs: str | None = None, after: int = 0
-    ) -> None:
-        """Committed output entries as JSON frames, from ``after`` on."""
-        if not await _admit(websocket, authenticator, READ_PERMISSION):
-            return
-        try:
-            wanted = wanted_outputs(await streams.topology(name), outputs)
-            await _forward(websocket, streams, name, max(after, 0), wanted)
-        except DatapunkError as exc:
-            await _refuse(websocket, exc)
-        except WebSocketDisconnect:
-            return
 
     return router
