@@ -172,6 +172,25 @@ def deploy(settings: Settings) -> None:
     serve.run(build(settings), name=GATEWAY_APP, route_prefix="/", blocking=False)
 
 
+async def resume_streams(settings: Settings) -> list[str]:
+    """Redeploy every topology that was running when the platform went down.
+
+    Each resumes from its newest checkpoint; with RabbitMQ, what was unacked then is
+    delivered again and nothing is lost or doubled.
+    """
+    from actors.stream.control import StreamControl
+    from actors.stream.topology import Topology
+
+    control = StreamControl(settings)
+    try:
+        running = [r for r in await control.ls() if r["status"] == "running"]
+        for record in running:
+            await control.deploy(Topology.model_validate(record["spec"]))
+        return [r["name"] for r in running]
+    finally:
+        await control.close()
+
+
 def up(settings: Settings, step: Step = _no_step, address: str | None = None) -> UpResult:
     """Bring the platform up, or report that it already is. Idempotent."""
     step("checking services and migrating the platform DB")
@@ -198,6 +217,9 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
         deploy(settings)
         step("waiting for the gateway to be ready")
         wait_ready(state.gateway_url)
+        resumed = asyncio.run(resume_streams(settings))
+        if resumed:
+            step(f"resumed stream topologies from their checkpoints: {', '.join(resumed)}")
     except BaseException:
         _teardown(settings, state)
         raise

@@ -103,6 +103,7 @@ class StreamCoordinator:
             try:
                 runner = await self._build()
                 await runner.start()
+                self._report(runner, metrics)
                 self.state, self.error = "running", None
                 while not self._stopping.is_set() and await runner.step():
                     self._report(runner, metrics)

@@ -135,3 +135,22 @@ async def test_kill_9_of_a_partition_and_the_coordinator_loses_and_duplicates_no
     assert [(r["k"], r["window_start"], r["n"], r["total"]) for r in got] == [
         (r["k"], r["window_start"], r["n"], r["total"]) for r in expected
     ]
+
+
+async def test_up_resumes_topologies_that_were_running_from_their_checkpoints(
+    control: StreamControl, ray_settings: Settings
+) -> None:
+    from cluster.platform import resume_streams
+
+    await control.deploy(pool_topology("resumed", partitions=1))
+    await publish(control, "resumed", numbered_events(300))
+    before = await wait_consumed(control, "resumed")
+    # What `datapunk down` leaves: the record says running, no actor is left.
+    await control.stop("resumed")
+    topologies, _ = await control._stores()
+    await topologies.set_status("resumed", "running")
+    assert await resume_streams(ray_settings) == ["resumed"]
+    status = await control.status("resumed")
+    assert status["live"]["state"] == "running"
+    assert status["live"]["epoch"] >= max(2, before["live"]["epoch"])  # not from epoch 1
+    assert status["live"]["events_in"] == 300  # counters came back with the checkpoint
