@@ -124,7 +124,12 @@ class StreamControl:
         while time.monotonic() < deadline:
             handle = self._coordinator(name)
             if handle is not None:
-                status = await handle.status.remote()
+                try:
+                    status = await handle.status.remote()
+                except ray.exceptions.RayActorError as exc:
+                    raise PlatformStateError(
+                        f"stream {name}'s coordinator could not start: {_first_line(exc)}"
+                    ) from None
                 if status["state"] in ("running", "finished"):
                     return dict(status)
             await asyncio.sleep(0.1)
@@ -224,6 +229,12 @@ class StreamControl:
 
         actor = self._actor(queue_actor_name(topology.queue_name))
         return None if actor is None else dict(await actor.stats.remote())
+
+
+def _first_line(exc: BaseException) -> str:
+    """The error's own last line (Ray wraps the cause in a long traceback)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
 
 
 async def _awaitable(ref: Any) -> Any:

@@ -54,7 +54,11 @@ class Expr(BaseModel):
         return name
 
     def model_post_init(self, _: Any) -> None:
-        chosen = [self.field is not None, self.call is not None, "literal" in self.model_fields_set]
+        # A dump (``model_dump``) carries ``literal: None`` beside a field or a call.
+        literal = "literal" in self.model_fields_set and not (
+            self.literal is None and (self.field is not None or self.call is not None)
+        )
+        chosen = [self.field is not None, self.call is not None, literal]
         if sum(chosen) != 1:
             raise ValueError("an expression needs exactly one of field, call or literal")
         if (self.args or self.options) and self.call is None:

@@ -141,7 +141,7 @@ def test_partitioning_is_stable_and_keeps_each_key_in_one_partition() -> None:
     assert len({i for i, p in enumerate(parts) if p.num_rows}) > 1
 
 
-def test_the_test_topology_round_trips_through_json() -> None:
-    topology = window_topology(partitions=2)
-    again = load_topology(topology.model_dump(mode="json", by_alias=True))
-    assert again == topology
+def test_topologies_round_trip_through_json_as_actors_receive_them() -> None:
+    for topology in (window_topology(partitions=2), load_topology(EXAMPLE)):
+        again = load_topology(topology.model_dump(mode="json", by_alias=True))
+        assert again == topology
