@@ -20,6 +20,7 @@ from rich.table import Table
 from cluster.cli_ingest import ingest, runs_app
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_lake import lake_app
+from cluster.cli_models import models_app
 from cluster.cli_stream import stream_app
 from cluster.cli_support import fail, stderr_console
 from cluster.console import console, key_value_table, quiet_library_logs, stepper
@@ -38,6 +39,7 @@ app.add_typer(db_app, name="db", help="Platform database migrations.")
 app.add_typer(lake_app, name="lake", help="Lake tables: create, load, query, time travel.")
 app.add_typer(runs_app, name="runs", help="Pipeline run records.")
 app.add_typer(stream_app, name="stream", help="Stream topologies: deploy, status, stop, tail.")
+app.add_typer(models_app, name="models", help="Model registry: list, show, history, promote.")
 app.command("ingest")(ingest)
 UP_STEPS = 6
 

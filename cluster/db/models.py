@@ -16,7 +16,9 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     Float,
+    ForeignKeyConstraint,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     String,
@@ -163,3 +165,107 @@ class StreamCheckpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     size: Mapped[int] = mapped_column(BigInteger)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ForgeRun(Base):
+    """One Forge training run: its spec, pinned data, where its trials live, how it ended.
+
+    ``state`` is one of ``pending``, ``running``, ``succeeded``, ``failed``,
+    ``interrupted``. ``snapshot_id`` pins the Lake snapshot it trains on, so a
+    resubmitted run resumes on the same data; ``results`` holds per-trial metrics and
+    ``best`` the winning trial; ``model_name``/``model_version`` what it registered.
+    """
+
+    __tablename__ = "forge_runs"
+    __table_args__ = (Index("ix_forge_runs_name_created", "name", "created_at"),)
+
+    run_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec: Mapped[Any] = mapped_column(JSON)
+    config_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    experiment_path: Mapped[str] = mapped_column(Text)
+    lake_table: Mapped[str] = mapped_column(String(300))
+    snapshot_id: Mapped[int | None] = mapped_column(BigInteger)
+    results: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
+    best: Mapped[Any | None] = mapped_column(JSON(none_as_null=True))
+    model_name: Mapped[str | None] = mapped_column(String(200))
+    model_version: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class RegisteredModel(Base):
+    """A name in the model registry; its versions are ``ModelVersion`` rows."""
+
+    __tablename__ = "models"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class ModelVersion(Base):
+    """One registered version: its artifact (path + sha256) and what it came from.
+
+    ``artifact_path`` is relative to ``<data_dir>/forge/artifacts``; ``lineage`` holds
+    the Lake table and snapshot id, the training run, the config hash and code version.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (ForeignKeyConstraint(["name"], ["models.name"]),)
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    artifact_path: Mapped[str] = mapped_column(Text)
+    format: Mapped[str] = mapped_column(String(16))
+    model_spec: Mapped[Any] = mapped_column(JSON)
+    signature: Mapped[Any] = mapped_column(JSON)
+    metrics: Mapped[Any] = mapped_column(JSON)
+    params: Mapped[Any] = mapped_column(JSON)
+    tags: Mapped[Any] = mapped_column(JSON)
+    lineage: Mapped[Any] = mapped_column(JSON)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class ModelAlias(Base):
+    """Where an alias (``production``, ``staging``, any name) of a model points now."""
+
+    __tablename__ = "model_aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["name", "version"], ["model_versions.name", "model_versions.version"]
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_by: Mapped[str] = mapped_column(String(100))
+
+
+class ModelAliasEvent(Base):
+    """One move of an alias, appended and never changed: who moved it, when, from, to.
+
+    ``to_version`` is None when the alias was removed. The newest event at or before a
+    time says where the alias pointed then (one indexed query).
+    """
+
+    __tablename__ = "model_alias_history"
+    __table_args__ = (Index("ix_model_alias_history_name_alias_at", "name", "alias", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(50))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())

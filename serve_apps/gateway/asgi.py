@@ -31,6 +31,7 @@ from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
 from serve_apps.gateway.routes_keys import keys_router
 from serve_apps.gateway.routes_lake import lake_router
+from serve_apps.gateway.routes_models import ModelsBackend, models_router
 from serve_apps.gateway.routes_pipelines import JobLauncher, pipelines_router
 from serve_apps.gateway.routes_stream_sockets import streams_socket_router
 from serve_apps.gateway.routes_streams import StreamOps, streams_router
@@ -52,6 +53,7 @@ class GatewayDeps:
     pipelines: tuple[Path, JobLauncher, IngestState] | None = None
     spool_dir: Path | None = None
     streams: StreamOps | None = None
+    models: ModelsBackend | None = None
     forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
 
@@ -167,6 +169,8 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
         router.include_router(lake_router(deps.lake, spool))
     if deps.streams is not None:
         router.include_router(streams_router(deps.streams))
+    if deps.models is not None:
+        router.include_router(models_router(deps.models))
     return router
 
 

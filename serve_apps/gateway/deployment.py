@@ -16,11 +16,15 @@ from ray import serve
 from sqlalchemy import text
 from starlette.types import ASGIApp
 
+from actors.forge.artifacts import ArtifactStore, artifacts_root
+from actors.forge.promotion import holdout_evaluator
+from actors.forge.registry import ModelRegistry
 from actors.ingest.state import SqlIngestState
 from actors.lake.client import RayLake
 from actors.stream.control import StreamControl
 from cluster.cache import build_cache
 from cluster.db.engine import connect, create_engine, session_factory
+from cluster.db.forge_store import RegistryStore
 from cluster.health import check_amqp
 from cluster.logging import configure_logging, current_request_id
 from cluster.pools import ping_pool, pool_sizes
@@ -30,6 +34,7 @@ from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
 from serve_apps.gateway.asgi import Check, GatewayDeps, create_app
 from serve_apps.gateway.jobs_client import RayJobLauncher
+from serve_apps.gateway.routes_models import ModelsBackend
 
 GATEWAY_APP = "gateway"
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -94,6 +99,13 @@ class Gateway:
             ),
             # Connects lazily (platform DB on first call; Ray actors by name per call).
             streams=StreamControl(self.settings),
+            models=ModelsBackend(
+                ModelRegistry(
+                    RegistryStore.from_engine(self.engine, _utcnow),
+                    ArtifactStore(artifacts_root(self.settings)),
+                ),
+                holdout_evaluator(self.settings),
+            ),
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

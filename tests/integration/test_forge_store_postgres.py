@@ -1,0 +1,18 @@
+"""Forge runs and the model registry on the real PostgreSQL: the same contract as SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.settings import Settings
+from tests.contracts.forge_store import ForgeStoresContract
+
+pytestmark = pytest.mark.integration
+
+
+class TestForgeStoresOnPostgres(ForgeStoresContract):
+    @pytest.fixture
+    def db_settings(self, data_dir: Path, postgres_url: str) -> Settings:
+        return Settings(data_dir=data_dir, database_url=postgres_url)
