@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cluster.cli_forge import forge_app, train
 from cluster.cli_ingest import ingest, runs_app
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_lake import lake_app
@@ -41,6 +42,8 @@ app.add_typer(runs_app, name="runs", help="Pipeline run records.")
 app.add_typer(stream_app, name="stream", help="Stream topologies: deploy, status, stop, tail.")
 app.add_typer(models_app, name="models", help="Model registry: list, show, history, promote.")
 app.command("ingest")(ingest)
+app.add_typer(forge_app, name="forge", help="Forge: training runs and their trials.")
+app.command("train")(train)
 UP_STEPS = 6
 
 

@@ -29,6 +29,7 @@ from cluster.security.rbac import permissions_of
 from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
+from serve_apps.gateway.routes_forge import ForgeBackend, forge_router
 from serve_apps.gateway.routes_keys import keys_router
 from serve_apps.gateway.routes_lake import lake_router
 from serve_apps.gateway.routes_models import ModelsBackend, models_router
@@ -54,6 +55,7 @@ class GatewayDeps:
     spool_dir: Path | None = None
     streams: StreamOps | None = None
     models: ModelsBackend | None = None
+    forge: ForgeBackend | None = None
     forget_key: Callable[[str], object] = lambda _key_id: None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics.create)
 
@@ -171,6 +173,8 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
         router.include_router(streams_router(deps.streams))
     if deps.models is not None:
         router.include_router(models_router(deps.models))
+    if deps.forge is not None:
+        router.include_router(forge_router(deps.forge))
     return router
 
 

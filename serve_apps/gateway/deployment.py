@@ -24,7 +24,7 @@ from actors.lake.client import RayLake
 from actors.stream.control import StreamControl
 from cluster.cache import build_cache
 from cluster.db.engine import connect, create_engine, session_factory
-from cluster.db.forge_store import RegistryStore
+from cluster.db.forge_store import ForgeRunStore, RegistryStore
 from cluster.health import check_amqp
 from cluster.logging import configure_logging, current_request_id
 from cluster.pools import ping_pool, pool_sizes
@@ -34,6 +34,7 @@ from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
 from serve_apps.gateway.asgi import Check, GatewayDeps, create_app
 from serve_apps.gateway.jobs_client import RayJobLauncher
+from serve_apps.gateway.routes_forge import ForgeBackend
 from serve_apps.gateway.routes_models import ModelsBackend
 
 GATEWAY_APP = "gateway"
@@ -105,6 +106,11 @@ class Gateway:
                     ArtifactStore(artifacts_root(self.settings)),
                 ),
                 holdout_evaluator(self.settings),
+            ),
+            forge=ForgeBackend(
+                specs_dir=self.settings.data_path / "forge" / "specs",
+                launcher=RayJobLauncher(head_addresses(self.settings).dashboard_url),
+                runs=ForgeRunStore.from_engine(self.engine, _utcnow),
             ),
         )
 
