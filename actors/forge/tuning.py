@@ -189,16 +189,19 @@ def open_tuner(
             storage_path=str(root),
             stop=None if stop is None else ObjectiveStopper(spec.objective.metric, spec.mode, stop),
             failure_config=tune.FailureConfig(max_failures=spec.failure.trial_retries),
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=max(spec.checkpoint.num_to_keep, 3)
-                if spec.tune.scheduler.type == "pbt"
-                else spec.checkpoint.num_to_keep
-            ),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=_tune_checkpoints_kept(spec)),
             callbacks=[ProgressCallback(run_id)],
             verbose=0,
         ),
     )
     return tuner, False
+
+
+def _tune_checkpoints_kept(spec: TrainSpec) -> int | None:
+    """How many checkpoints Tune keeps per trial: the spec's, except under PBT, which
+    restores a trial from another's checkpoint some time after choosing it: the donor,
+    training on, would have deleted it (Tune then fails the exploiting trial)."""
+    return None if spec.tune.scheduler.type == "pbt" else spec.checkpoint.num_to_keep
 
 
 def trial_records(results: Any) -> list[TrialRecord]:
