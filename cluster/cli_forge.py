@@ -9,8 +9,6 @@ run records from the platform database (no running platform needed).
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +16,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.cli_support import fail, run_cli, settings_from, stdout_console
+from cluster.cli_support import (
+    NULL_CELL,
+    cell,
+    fail,
+    print_json,
+    run_cli,
+    settings_from,
+    stdout_console,
+)
 from cluster.errors import DatapunkError, NotFoundError
 from cluster.settings import Settings
 
@@ -26,7 +32,7 @@ forge_app = typer.Typer(help="Forge: training runs and their trials.", no_args_i
 runs_app = typer.Typer(help="Training run records.", no_args_is_help=True)
 forge_app.add_typer(runs_app, name="runs")
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-_NULL = "[dim]-[/]"
+_NULL = NULL_CELL
 
 
 def train(
@@ -72,18 +78,6 @@ def _runs(settings: Settings, run_id: str | None, name: str | None, limit: int) 
     return run_cli(go())
 
 
-def _json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return _NULL
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return escape(str(value))
-
-
 @runs_app.command("ls")
 def runs_ls(
     ctx: typer.Context,
@@ -94,7 +88,7 @@ def runs_ls(
     """Recent training runs, newest first."""
     records = _runs(settings_from(ctx), None, name, limit)
     if as_json:
-        _json(records)
+        print_json(records)
         return
     table = Table(title="training runs", header_style="bold")
     for column in ("run", "state", "table", "snapshot", "trials", "best", "model", "updated"):
@@ -110,11 +104,11 @@ def runs_ls(
             escape(r["run_id"]),
             f"[{colours.get(r['state'], 'cyan')}]{r['state']}[/]",
             escape(r["lake_table"]),
-            _cell(r.get("snapshot_id")),
+            cell(r.get("snapshot_id")),
             str(len(trials)),
-            f"{metric}={_cell(score)}" if score is not None else _NULL,
-            _cell(model),
-            _cell(str(r.get("updated_at", ""))[:19].replace("T", " ")),
+            f"{metric}={cell(score)}" if score is not None else _NULL,
+            cell(model),
+            cell(str(r.get("updated_at", ""))[:19].replace("T", " ")),
         )
     stdout_console().print(table)
 
@@ -126,7 +120,7 @@ def runs_show(ctx: typer.Context, run_id: str, as_json: JsonOption = False) -> N
 
     record = _runs(settings_from(ctx), run_id, None, 1)
     if as_json:
-        _json(record)
+        print_json(record)
         return
     out = stdout_console()
     out.print(trials_table(record))

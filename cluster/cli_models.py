@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -19,7 +18,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cluster.cli_support import fail, run_cli, settings_from, stdout_console
+from cluster.cli_support import (
+    NULL_CELL,
+    cell,
+    fail,
+    print_json,
+    run_cli,
+    settings_from,
+    stdout_console,
+)
 from cluster.errors import DatapunkError, InvalidInputError
 from cluster.settings import Settings
 
@@ -29,7 +36,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 EXIT_REFUSED = 1
-_NULL = "[dim]-[/]"
+_NULL = NULL_CELL
+
+
+def cell6(value: Any) -> str:
+    return cell(value, 6)
+
 
 models_app = typer.Typer(
     help="Model registry: list, show, alias history, promote.", no_args_is_help=True
@@ -60,24 +72,12 @@ def _registry(
     return run_cli(go())
 
 
-def _json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return _NULL
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return escape(str(value))
-
-
 def _day(iso: str | None) -> str:
     return _NULL if not iso else iso[:19].replace("T", " ")
 
 
 def _pairs(values: dict[str, Any] | None) -> str:
-    return ", ".join(f"{k}={_cell(v)}" for k, v in sorted((values or {}).items())) or _NULL
+    return ", ".join(f"{k}={cell6(v)}" for k, v in sorted((values or {}).items())) or _NULL
 
 
 def parse_at(text: str) -> datetime:
@@ -102,11 +102,11 @@ def models_table(records: list[dict[str, Any]]) -> Table:
     for record in records:
         table.add_row(
             escape(record["name"]),
-            _cell(record["latest_version"]),
-            _cell(record["version_count"]),
+            cell6(record["latest_version"]),
+            cell6(record["version_count"]),
             _pairs(record["aliases"]),
             _day(record["created_at"]),
-            _cell(record["description"]),
+            cell6(record["description"]),
         )
     return table
 
@@ -125,7 +125,7 @@ def versions_table(name: str, versions: list[dict[str, Any]]) -> Table:
             record["format"],
             f"{record['size']:,}",
             escape(f"{lineage.get('table')}@{lineage.get('snapshot_id')}"),
-            _cell(lineage.get("run_id")),
+            cell6(lineage.get("run_id")),
             _day(record["created_at"]),
         )
     return table
@@ -149,8 +149,8 @@ def version_table(record: dict[str, Any]) -> Table:
         table.add_row(key, _pairs(record[key]))
     table.add_row("signature", escape(json.dumps(record["signature"], sort_keys=True)))
     for key, value in record["lineage"].items():
-        table.add_row(f"lineage.{escape(key)}", _cell(value))
-    table.add_row("created", f"{_day(record['created_at'])} by {_cell(record['created_by'])}")
+        table.add_row(f"lineage.{escape(key)}", cell6(value))
+    table.add_row("created", f"{_day(record['created_at'])} by {cell6(record['created_by'])}")
     return table
 
 
@@ -164,10 +164,10 @@ def history_table(name: str, events: list[dict[str, Any]]) -> Table:
         table.add_row(
             _day(event["at"]),
             escape(event["alias"]),
-            _cell(event["from_version"]),
+            cell6(event["from_version"]),
             to,
             escape(event["actor"]),
-            _cell(event["reason"]),
+            cell6(event["reason"]),
         )
     return table
 
@@ -190,14 +190,14 @@ def decision_table(decision: dict[str, Any]) -> Table:
         table.add_row("metric", f"{escape(decision['metric'])} ({decision['mode']} is better)")
     table.add_row(
         "candidate",
-        f"version {decision['candidate_version']}: {_cell(decision['candidate_score'])}",
+        f"version {decision['candidate_version']}: {cell6(decision['candidate_score'])}",
     )
     incumbent = decision["incumbent_version"]
     table.add_row(
         "holder",
         _NULL
         if incumbent is None
-        else f"version {incumbent}: {_cell(decision['incumbent_score'])}",
+        else f"version {incumbent}: {cell6(decision['incumbent_score'])}",
     )
     return table
 
@@ -210,7 +210,7 @@ def ls(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Registered models with their latest version and aliases."""
     records = _registry(ctx, lambda r: r.models())
     if as_json:
-        _json(records)
+        print_json(records)
     else:
         stdout_console().print(models_table(records))
 
@@ -230,13 +230,13 @@ def show(
     if ref is not None:
         record = _registry(ctx, lambda r: r.version(name, ref))
         if as_json:
-            _json(record)
+            print_json(record)
         else:
             stdout_console().print(version_table(record))
         return
     model = _registry(ctx, lambda r: r.model(name))
     if as_json:
-        _json(model)
+        print_json(model)
         return
     console = stdout_console()
     console.print(models_table([model]))
@@ -258,7 +258,7 @@ def history(
     if at is None:
         events = _registry(ctx, lambda r: r.history(name, alias))
         if as_json:
-            _json(events)
+            print_json(events)
         else:
             stdout_console().print(history_table(name, events))
         return
@@ -270,7 +270,7 @@ def history(
         fail(exc)
     pointed = _registry(ctx, lambda r: r.alias_at(name, alias, when))
     if as_json:
-        _json({"name": name, "alias": alias, "at": when.isoformat(), "version": pointed})
+        print_json({"name": name, "alias": alias, "at": when.isoformat(), "version": pointed})
         return
     where = "no version" if pointed is None else f"version [bold]{pointed}[/]"
     stdout_console().print(
@@ -326,7 +326,7 @@ def promote(
         settings,
     )
     if as_json:
-        _json(decision)
+        print_json(decision)
     else:
         stdout_console().print(decision_table(decision))
     if not decision["promoted"]:

@@ -7,6 +7,8 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -63,3 +65,20 @@ def settings_from(ctx: typer.Context | None) -> Settings:
         return load_settings(config_path_from(ctx))
     except DatapunkError as exc:
         fail(exc)
+
+
+NULL_CELL = "[dim]-[/]"
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (datetimes and the like as text)."""
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+def cell(value: Any, digits: int = 4) -> str:
+    """A table cell: a dim dash for null, ``digits`` significant digits for floats."""
+    if value is None:
+        return NULL_CELL
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return escape(str(value))
