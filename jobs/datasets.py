@@ -19,7 +19,7 @@ import pyarrow as pa
 from actors.lake.service import LakeService
 from actors.lake.specs import DEFAULT_NAMESPACE, parse_table_name
 from cluster.console import console, key_value_table
-from cluster.errors import DatapunkError, InvalidInputError
+from cluster.errors import DatapunkError, InvalidInputError, PlatformStateError
 from cluster.logging import configure_logging
 from cluster.settings import Settings, load_settings
 
@@ -35,7 +35,13 @@ def column_name(name: str) -> str:
 def dataset_table(dataset: str) -> pa.Table:
     """The scikit-learn dataset as Arrow: float64 features, ``target`` (float64 for
     diabetes' disease progression, int64 class ids for breast_cancer)."""
-    from sklearn import datasets as sk
+    try:
+        from sklearn import datasets as sk
+    except ImportError:
+        raise PlatformStateError(
+            "the example datasets come from scikit-learn, which is not installed; "
+            "install it (pip install scikit-learn, or `make setup` for the dev tools)"
+        ) from None
 
     loaders = {"diabetes": sk.load_diabetes, "breast_cancer": sk.load_breast_cancer}
     if dataset not in loaders:

@@ -66,6 +66,11 @@ class TrialProgress:
                 f"{event['train_rows']} training rows, {event['validation_rows']} held out"
                 f"{restored}"
             )
+        elif kind == "done" and event["already"]:
+            self.out.print(
+                f"run [bold]{event['run_id']}[/] already succeeded; nothing to train "
+                "(--fresh starts a new run)"
+            )
         elif "trial_id" in event:
             self._trial(event)
 

@@ -40,7 +40,7 @@ def register_best(
     """Record ``best`` in the run, register its checkpoint (unless the spec turns that
     off) and end the run ``succeeded``; returns the final run record."""
     spec, runs, run_id = context.spec, recorder.stores.runs, context.run_id
-    path = Path(best["path"]) / best["checkpoint"]["dir"]
+    path = Path(best["checkpoint"]["path"])
     summary = {
         "trial_id": best["trial_id"],
         "params": best["params"],

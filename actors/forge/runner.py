@@ -32,11 +32,11 @@ from actors.forge.datasets import prepare_datasets
 from actors.forge.errors import RunInterruptedError, TrainingFailedError
 from actors.forge.live import LiveTrials
 from actors.forge.nets import build_model, model_spec_for
+from actors.forge.plan import TrialPlan
 from actors.forge.recorder import Recorder
 from actors.forge.register import RunContext, register_best
 from actors.forge.results import best_trial, summarise
 from actors.forge.spec import TrainSpec, config_hash, run_id_for
-from actors.forge.trial import TrialPlan
 from actors.forge.tuning import experiments_root, open_tuner, progress_sink, trial_records
 from cluster.db.forge_store import ForgeRunStore
 from cluster.errors import DatapunkError, PlatformStateError
@@ -184,10 +184,10 @@ def _train(
             "validation_rows": prepared.validation_rows,
         }
     )
-    grid, statuses = _fit(tuner, recorder, run_id, emit)
-    trials = [summarise(t, spec.metrics, spec.epochs) for t in trial_records(grid)]
+    grid, ended = _fit(tuner, recorder, run_id, emit)
+    trials = [summarise(t, spec.metrics, spec.epochs) for t in trial_records(grid, ended)]
     recorder.call(runs.update(run_id, results={"trials": trials}))
-    unfinished = [s for s in statuses.values() if s not in _FINISHED]
+    unfinished = [t for t in ended.values() if t["status"] not in _FINISHED]
     if unfinished:
         raise RunInterruptedError(run_id=run_id, unfinished=len(unfinished))
     errored = [t for t in trials if t["status"] == "error"]
@@ -219,18 +219,20 @@ def _capacity(spec: TrainSpec) -> tuple[bool, int]:
     return use_gpu, max(1, math.floor(fits))
 
 
-def _fit(tuner: Any, recorder: Recorder, run_id: str, emit: Progress) -> tuple[Any, dict[str, str]]:
+def _fit(
+    tuner: Any, recorder: Recorder, run_id: str, emit: Progress
+) -> tuple[Any, dict[str, dict[str, Any]]]:
     """``tuner.fit()`` on this thread; trial events to ``emit`` and, every few seconds,
-    into the run record's ``results``. Returns the result grid and each trial's final
-    Tune status."""
+    into the run record's ``results``. Returns the result grid and, by trial path, each
+    trial's id and final Tune status."""
     live = LiveTrials()
-    statuses: dict[str, str] = {}
+    ended: dict[str, dict[str, Any]] = {}
     last_write = 0.0
 
     def sink(event: dict[str, Any]) -> None:
         nonlocal last_write
         if event["event"] == "end":
-            statuses.update(event["statuses"])
+            ended.update(event["trials"])
             return
         emit(live.apply(event))
         now = time.monotonic()
@@ -244,4 +246,4 @@ def _fit(tuner: Any, recorder: Recorder, run_id: str, emit: Progress) -> tuple[A
 
     with progress_sink(run_id, sink):
         grid = tuner.fit()
-    return grid, statuses
+    return grid, ended

@@ -26,9 +26,10 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from actors.forge.plan import TrialPlan
 from actors.forge.results import TrialRecord
 from actors.forge.spec import Distribution, TrainSpec
-from actors.forge.trial import TrialPlan, forge_trial
+from actors.forge.trial import forge_trial
 from cluster.settings import Settings
 
 # The trial function only waits on its TorchTrainer, whose workers reserve their own
@@ -135,8 +136,11 @@ class ProgressCallback(tune.Callback):
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         # Called however the run ends (finished, failed, interrupted): the only place that
         # sees every trial's final status, restored ones included.
-        statuses = {trial.trial_id: str(trial.status) for trial in trials}
-        self._emit({"event": "end", "statuses": statuses})
+        ended = {
+            str(trial.path): {"trial_id": trial.trial_id, "status": str(trial.status)}
+            for trial in trials
+        }
+        self._emit({"event": "end", "trials": ended})
 
 
 @contextmanager
@@ -204,22 +208,30 @@ def _tune_checkpoints_kept(spec: TrainSpec) -> int | None:
     return None if spec.tune.scheduler.type == "pbt" else spec.checkpoint.num_to_keep
 
 
-def trial_records(results: Any) -> list[TrialRecord]:
-    """Every trial of a finished ``ResultGrid`` as ``TrialRecord``s (oldest first)."""
+def trial_records(results: Any, trials: dict[str, dict[str, Any]]) -> list[TrialRecord]:
+    """Every trial of a finished ``ResultGrid`` as a ``TrialRecord``, in trial-id order.
+
+    ``trials`` is what ``ProgressCallback`` saw at the end, by trial path: each trial's
+    id and final Tune status (a result's own metrics may be another trial's: PBT copies
+    the donor's last result into the trial it exploits).
+    """
     records = []
     for result in results:
         frame = result.metrics_dataframe
         rows = [] if frame is None else frame.to_dict(orient="records")
         rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        error = None if result.error is None else _one_line(result.error)
+        known = trials.get(str(result.path), {})
+        trial_id = known.get("trial_id") or (result.metrics or {}).get("trial_id")
         records.append(
             TrialRecord(
-                trial_id=str(trial_id),
+                trial_id=str(trial_id or Path(result.path).name),
                 params=dict(result.config or {}),
                 rows=rows,
-                error=error,
+                error=None if result.error is None else _one_line(result.error),
                 path=str(result.path),
+                checkpoint_path=None if result.checkpoint is None else result.checkpoint.path,
+                last={k: _plain(v) for k, v in (result.metrics or {}).items()},
+                tune_status=known.get("status"),
             )
         )
     return sorted(records, key=lambda r: r.trial_id)

@@ -365,21 +365,50 @@ def _rows(*scores: float, checkpoint_every: int = 1) -> list[dict[str, Any]]:
     ]
 
 
-def test_the_best_trial_is_judged_at_its_last_checkpoint() -> None:
-    good = TrialRecord("a", {"optimizer.lr": 0.1}, _rows(0.9, 0.5, 0.1, checkpoint_every=2))
-    steady = TrialRecord("b", {"optimizer.lr": 0.01}, _rows(0.6, 0.3, 0.2))
-    failed = TrialRecord("c", {}, _rows(0.05), error="boom")
-    trials = [summarise(t, ["val_loss"], epochs=3) for t in (good, steady, failed)]
-    assert [t["status"] for t in trials] == ["completed", "completed", "error"]
+def _record(trial_id: str, rows: list[dict[str, Any]], **extra: Any) -> TrialRecord:
+    saved = [r["checkpoint_dir_name"] for r in rows if r["checkpoint_dir_name"]]
+    path = f"/exp/{trial_id}/{saved[-1]}" if saved else None
+    return TrialRecord(trial_id, {"optimizer.lr": 0.1}, rows, checkpoint_path=path, **extra)
+
+
+def test_the_best_trial_is_judged_at_its_latest_checkpoint() -> None:
+    good = _record("a", _rows(0.9, 0.5, 0.1, checkpoint_every=2), tune_status="TERMINATED")
+    steady = _record("b", _rows(0.6, 0.3, 0.2), tune_status="TERMINATED")
+    failed = _record("c", _rows(0.05), error="boom", tune_status="ERROR")
+    early = _record("d", _rows(0.7), tune_status="TERMINATED")
+    cut = _record("e", _rows(0.8, 0.7), tune_status="RUNNING")
+    trials = [summarise(t, ["val_loss"], epochs=3) for t in (good, steady, failed, early, cut)]
+    statuses = [t["status"] for t in trials]
+    assert statuses == ["completed", "completed", "error", "stopped", "interrupted"]
     assert trials[0]["checkpoint"] == {
         "epoch": 2,
-        "dir": "checkpoint_000002",
+        "path": "/exp/a/checkpoint_000002",
         "metrics": {"val_loss": 0.5, "train_loss": 0.5},
     }
     best = best_trial(trials[:2], "val_loss", "min")
     assert best is not None and best["trial_id"] == "b"  # 0.2 at its checkpoint beats 0.5
     assert best_trial(trials[:2], "val_loss", "max")["trial_id"] == "a"  # type: ignore[index]
     assert best_trial([], "val_loss", "min") is None
+
+
+def test_a_pbt_exploited_trial_is_judged_by_the_state_it_was_given() -> None:
+    # PBT restarted the trial from its donor's last checkpoint, which lies in the donor's
+    # folder; Tune hands over the donor's last result with it, and no new row followed.
+    cloned = TrialRecord(
+        "x",
+        {"optimizer.lr": 0.02},
+        rows=[],
+        checkpoint_path="/exp/donor/checkpoint_000005",
+        last={"epoch": 6, "val_loss": 0.25, "checkpoint_dir_name": "checkpoint_000005"},
+        tune_status="TERMINATED",
+    )
+    (summary,) = [summarise(cloned, ["val_loss"], epochs=6)]
+    assert summary["status"] == "completed" and summary["epoch"] == 6
+    assert summary["checkpoint"] == {
+        "epoch": 6,
+        "path": "/exp/donor/checkpoint_000005",
+        "metrics": {"val_loss": 0.25},
+    }
 
 
 def test_live_trials_fold_tune_events() -> None:
