@@ -126,6 +126,8 @@ def bench_settings(data_dir: Path, mode: ServeMode | None = None) -> Settings:
             **RAY_SIDE_PORTS,
         },
         gateway=gateway,
+        # One key at full speed is the point here; its per-key bucket would cap it.
+        rate_limits={"enabled": False},
     )
 
 

@@ -17,13 +17,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from cluster.cli_access import grants_app, roles
+from cluster.cli_audit import audit_app
 from cluster.cli_forge import forge_app, train
 from cluster.cli_ingest import ingest, runs_app
+from cluster.cli_keyring import rotate_master_command
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_lake import lake_app
 from cluster.cli_models import models_app
 from cluster.cli_stream import stream_app
 from cluster.cli_support import fail, stderr_console
+from cluster.cli_users import users_app
 from cluster.console import console, key_value_table, quiet_library_logs, stepper
 from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
@@ -35,7 +39,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.add_typer(keys_app, name="keys", help="Create, list and revoke API keys.")
+app.add_typer(keys_app, name="keys", help="Create, list, rotate and revoke API keys.")
+app.add_typer(users_app, name="users", help="Human accounts: create, disable, unlock, MFA.")
 app.add_typer(db_app, name="db", help="Platform database migrations.")
 app.add_typer(lake_app, name="lake", help="Lake tables: create, load, query, time travel.")
 app.add_typer(runs_app, name="runs", help="Pipeline run records.")
@@ -44,6 +49,10 @@ app.add_typer(models_app, name="models", help="Model registry: list, show, histo
 app.command("ingest")(ingest)
 app.add_typer(forge_app, name="forge", help="Forge: training runs and their trials.")
 app.command("train")(train)
+keys_app.command("rotate-master")(rotate_master_command)
+app.add_typer(grants_app, name="grants", help="Scoped grants: narrow a key to objects.")
+app.command("roles")(roles)
+app.add_typer(audit_app, name="audit", help="The hash-chained audit log: ls, verify.")
 UP_STEPS = 6
 
 

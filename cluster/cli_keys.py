@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from rich.table import Table
 from cluster.cli_support import run_cli, settings_from, stderr_console, stdout_console
 from cluster.db.engine import check_database, create_engine, session_factory
 from cluster.db.migrate import current_revision, ensure_schema, head_revision, upgrade
+from cluster.security.grant_store import copy_key_grants
 from cluster.security.keys import ApiKeyRecord, KeyStore
 from cluster.security.rbac import ALLOWED_ROLES
 from cluster.settings import Settings, redact_url
@@ -30,14 +32,34 @@ from cluster.settings import Settings, redact_url
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Platform database migrations.", no_args_is_help=True)
 
-_STATUS_STYLE = {"active": "green", "expired": "yellow", "revoked": "red"}
+_STATUS_STYLE = {
+    "active": "green",
+    "rotating": "cyan",
+    "rotated": "yellow",
+    "expired": "yellow",
+    "revoked": "red",
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+DURATION_FORMAT = "a duration like 24h, 90m, 1h30m, 2d or 0"
+
+
+def parse_duration(text: str) -> timedelta:
+    """``24h``, ``90m``, ``1h30m``, ``2d``, ``45s`` or ``0`` as a ``timedelta``."""
+    cleaned = text.strip().lower()
+    if cleaned in ("0", "0s"):
+        return timedelta(0)
+    parts = _DURATION_PART.findall(cleaned)
+    if not parts or "".join(n + u for n, u in parts) != cleaned:
+        raise typer.BadParameter(f"{text!r} is not {DURATION_FORMAT}")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
 
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _operator() -> str:
+def operator_name() -> str:
     try:
         return f"cli:{getpass.getuser()}"
     except (OSError, KeyError):  # no passwd entry (containers)
@@ -62,7 +84,8 @@ async def _key_store(settings: Settings) -> AsyncIterator[KeyStore]:
     await ensure_schema(settings)
     engine = create_engine(settings)
     try:
-        yield KeyStore(session_factory(engine), now=_utcnow)
+        # A rotated key's successor gets its scoped grants (else it would be unrestricted).
+        yield KeyStore(session_factory(engine), now=_utcnow, on_rotate=(copy_key_grants,))
     finally:
         await engine.dispose()
 
@@ -114,7 +137,7 @@ async def _create(
     settings: Settings, role: str, name: str | None, expires_in: timedelta | None
 ) -> tuple[str, ApiKeyRecord]:
     async with _key_store(settings) as store:
-        return await store.create(role, name, expires_in, created_by=_operator())
+        return await store.create(role, name, expires_in, created_by=operator_name())
 
 
 @keys_app.command("create")
@@ -236,5 +259,61 @@ def keys_revoke(
     stdout_console().print(
         f"Revoked [bold]{record.id}[/] ({escape(repr(record.name))}, role {record.role.value}) at "
         f"{_when(record.revoked_at)}; gateways refuse it within {ttl:g} s.",
+        soft_wrap=True,
+    )
+
+
+async def _rotate(settings: Settings, key_id: str, overlap: timedelta) -> tuple[ApiKeyRecord, str]:
+    async with _key_store(settings) as store:
+        return await store.rotate(key_id, overlap=overlap, actor=operator_name())
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    ctx: typer.Context,
+    key_id: Annotated[str, typer.Argument(help="The key's id, as `datapunk keys ls` shows.")],
+    overlap: Annotated[
+        str | None,
+        typer.Option(
+            help=f"How long the old key keeps working ({DURATION_FORMAT}); "
+            "default: auth.rotation_overlap_s (24h)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Issue a successor of a key and print it once; the old key stops after the overlap."""
+    settings = settings_from(ctx)
+    window = (
+        timedelta(seconds=settings.auth.rotation_overlap_s)
+        if overlap is None
+        else parse_duration(overlap)
+    )
+    record, token = run_cli(_rotate(settings, key_id, window))
+    old_end = record.created_at + window
+    if as_json:
+        body = {
+            "id": record.id,
+            "key": token,
+            "replaces": record.replaces,
+            "role": record.role.value,
+            "name": record.name,
+            "expires_at": _iso(record.expires_at),
+            "old_key_expires_at": _iso(old_end),
+        }
+        sys.stdout.write(json.dumps(body) + "\n")
+        return
+    console = stdout_console()
+    console.print(
+        f"Rotated [bold]{key_id}[/]: new key [bold]{record.id}[/] (role {record.role.value}, "
+        f"name {escape(repr(record.name))}, expires {_when(record.expires_at)}):",
+        soft_wrap=True,
+    )
+    console.print(token, soft_wrap=True, markup=False)
+    console.print("[yellow]Store it now: this key will not be shown again.[/]", soft_wrap=True)
+    ttl = settings.gateway.auth_cache_ttl_s
+    console.print(
+        f"{key_id} keeps working until {_when(old_end)} at the latest (gateways may accept "
+        f"it up to {ttl:g} s longer when the overlap is shorter than that); switch clients "
+        "to the new key before then.",
         soft_wrap=True,
     )

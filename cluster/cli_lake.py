@@ -174,13 +174,21 @@ def create(
             "--from", metavar="FILE", help="Infer the schema from this file and load its rows."
         ),
     ] = None,
+    sensitive: Annotated[
+        str | None,
+        typer.Option(
+            metavar="COLS", help="Comma-separated columns stored encrypted (e.g. email,ssn)."
+        ),
+    ] = None,
 ) -> None:
     """Create a table from --column specs, or from a file (schema inferred, rows loaded)."""
     if bool(column) == (from_file is not None):
         given = "both" if column else "neither"
         fail(InvalidInputError(field="--column/--from", value=given, allowed="give one of them"))
     lake = _lake(ctx)
-    options = {"partition_by": partition_by or [], "sort_by": sort_by or []}
+    options: dict[str, Any] = {"partition_by": partition_by or [], "sort_by": sort_by or []}
+    if sensitive:
+        options["properties"] = {"datapunk.sensitive": sensitive}
     if from_file is not None:
         desc = run_cli(_create(lake, name, from_file, options))
     else:
@@ -303,7 +311,8 @@ def query(
     fmt: FormatOption = Output.table,
 ) -> None:
     """Run read-only SQL (DuckDB) over the current snapshots of the tables it names."""
-    _print_rows(run_cli(_lake(ctx).sql(sql, limit=limit)), fmt)
+    # At a terminal the operator holds the master key file: sensitive columns in clear.
+    _print_rows(run_cli(_lake(ctx).sql(sql, limit=limit, decrypt=True)), fmt)
 
 
 @lake_app.command("scan")
@@ -325,7 +334,13 @@ def scan(
     wanted = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     table = run_cli(
         _lake(ctx).scan(
-            name, columns=wanted, filter=filter, snapshot_id=snapshot, as_of=as_of, limit=limit
+            name,
+            columns=wanted,
+            filter=filter,
+            snapshot_id=snapshot,
+            as_of=as_of,
+            limit=limit,
+            decrypt=True,  # the operator holds the master key file anyway
         )
     )
     _print_rows(table, fmt)
@@ -350,3 +365,24 @@ def history(
         sys.stdout.write(json.dumps(entries) + "\n")
     else:
         stdout_console().print(snapshots_table(f"history of {name}", entries, current))
+
+
+@lake_app.command("protect")
+def protect(
+    ctx: typer.Context,
+    name: TableName,
+    columns: Annotated[str, typer.Argument(help="Comma-separated columns, e.g. email,ssn.")],
+) -> None:
+    """Store columns encrypted from now on; data they already hold is rewritten encrypted."""
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    report = run_cli(_lake(ctx).protect_columns(name, wanted))
+    _said(
+        f"[bold]{escape(report['table'])}[/]: sensitive {', '.join(report['sensitive'])}; "
+        f"{report['rows_rewritten']:,} rows rewritten encrypted"
+    )
+    if report["fix"]:
+        stderr_console().print(
+            f"[yellow]{report['plaintext_in_older_snapshots']} older snapshot(s) still hold "
+            f"plaintext:[/] {escape(report['fix'])}",
+            soft_wrap=True,
+        )

@@ -143,7 +143,12 @@ def description_tables(desc: dict[str, Any]) -> list[Table]:
     columns = _table("columns", ["id", "name", "type", "required"])
     for column in desc["schema"]:
         required = "[bold]yes[/]" if column["required"] else "no"
-        columns.add_row(str(column["field_id"]), escape(column["name"]), column["type"], required)
+        kind = (
+            f"{column['type']} [yellow](encrypted)[/]"
+            if column.get("encrypted")
+            else column["type"]
+        )
+        columns.add_row(str(column["field_id"]), escape(column["name"]), kind, required)
     partitions = _table("partition spec", ["field", "transform", "source"])
     for field in desc["partition_spec"]:
         partitions.add_row(escape(field["name"]), field["transform"], escape(field["source"]))

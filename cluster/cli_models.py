@@ -1,4 +1,5 @@
-"""``datapunk models``: the model registry at a terminal: list, show, history, promote.
+"""``datapunk models``: the model registry at a terminal: list, show, history, promote,
+and canaries (``canary``, ``rollback``, ``canary-promote``).
 
 The commands read and write the platform database and the artifacts in ``data_dir``
 directly (no running platform needed), through the same ``ModelRegistry`` the gateway's
@@ -18,6 +19,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cluster.cli_canary_render import (
+    canaries_table,
+    canary_promoted_line,
+    canary_set_line,
+    rollback_line,
+)
 from cluster.cli_support import (
     NULL_CELL,
     cell,
@@ -44,9 +51,11 @@ def cell6(value: Any) -> str:
 
 
 models_app = typer.Typer(
-    help="Model registry: list, show, alias history, promote.", no_args_is_help=True
+    help="Model registry: list, show, alias history, promote, canaries.", no_args_is_help=True
 )
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AliasOption = Annotated[str, typer.Option(help="The alias whose traffic the canary splits.")]
+CanaryReason = Annotated[str | None, typer.Option(help="Kept in the canary history.")]
 
 
 def _operator() -> str:
@@ -234,13 +243,20 @@ def show(
         else:
             stdout_console().print(version_table(record))
         return
-    model = _registry(ctx, lambda r: r.model(name))
+    model = _registry(ctx, lambda r: _with_canaries(r, name))
     if as_json:
         print_json(model)
         return
     console = stdout_console()
     console.print(models_table([model]))
     console.print(versions_table(name, model["versions"]))
+    if model["canaries"]:
+        console.print(canaries_table(name, model["canaries"], model["aliases"]))
+
+
+async def _with_canaries(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    model = await registry.model(name)
+    return {**model, "canaries": await registry.canaries(name)}
 
 
 @models_app.command("history")
@@ -331,3 +347,81 @@ def promote(
         stdout_console().print(decision_table(decision))
     if not decision["promoted"]:
         raise typer.Exit(EXIT_REFUSED)
+
+
+# ---- canaries -------------------------------------------------------------------------
+
+
+@models_app.command("canary")
+def canary(
+    ctx: typer.Context,
+    name: str,
+    version: Annotated[int, typer.Argument(help="The version that gets the share.")],
+    percent: Annotated[float, typer.Option(help="Share of the alias's traffic, 0 < P < 100.")],
+    alias: AliasOption = "production",
+    sticky_key: Annotated[
+        str | None, typer.Option(help="Request header (e.g. X-User) keeping a caller on a side.")
+    ] = None,
+    reason: CanaryReason = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send --percent of an alias's traffic to VERSION (replacing the alias's canary)."""
+    record = _registry(
+        ctx,
+        lambda r: r.set_canary(
+            name,
+            alias,
+            version=version,
+            percent=percent,
+            sticky_key=sticky_key,
+            actor=_operator(),
+            reason=reason,
+        ),
+    )
+    _show(record, as_json, canary_set_line)
+
+
+async def _rollback(
+    registry: ModelRegistry, name: str, alias: str, reason: str | None
+) -> dict[str, Any]:
+    removed = await registry.clear_canary(name, alias, actor=_operator(), reason=reason)
+    holder = (await registry.model(name))["aliases"].get(alias)
+    result = {"name": name, "alias": alias, "rolled_back": removed is not None}
+    return {**result, "canary": removed, "version": holder}
+
+
+@models_app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    name: str,
+    alias: AliasOption = "production",
+    reason: CanaryReason = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Roll back an alias's canary: all its traffic to the version it points at.
+
+    Safe to run twice: without a canary there is nothing to undo (exit code 0).
+    """
+    _show(_registry(ctx, lambda r: _rollback(r, name, alias, reason)), as_json, rollback_line)
+
+
+@models_app.command("canary-promote")
+def canary_promote(
+    ctx: typer.Context,
+    name: str,
+    alias: AliasOption = "production",
+    reason: Annotated[str | None, typer.Option(help="Kept in the alias history.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Move an alias to its canary's version (kept in the alias history); the canary ends."""
+    moved = _registry(
+        ctx, lambda r: r.promote_canary(name, alias, actor=_operator(), reason=reason)
+    )
+    _show(moved, as_json, canary_promoted_line)
+
+
+def _show(result: dict[str, Any], as_json: bool, line: Callable[[dict[str, Any]], str]) -> None:
+    if as_json:
+        print_json(result)
+    else:
+        stdout_console().print(line(result))

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from cluster.errors import DatapunkError
+from cluster.logging import redact
 from cluster.settings import Settings, load_settings
 
 T = TypeVar("T")
@@ -36,7 +37,8 @@ def stderr_console() -> Console:
 
 def fail(exc: DatapunkError) -> NoReturn:
     """Print ``error: <message>`` in red on one stderr line and exit with code 2."""
-    stderr_console().print(f"[bold red]error:[/] [red]{escape(exc.message)}[/]", soft_wrap=True)
+    message = escape(redact(exc.message))
+    stderr_console().print(f"[bold red]error:[/] [red]{message}[/]", soft_wrap=True)
     raise typer.Exit(EXIT_ERROR)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from cluster.logging import redact
+
 
 class DatapunkError(Exception):
     """Base class: a stable machine ``code``, an HTTP status and a human message."""
@@ -28,7 +30,8 @@ class DatapunkError(Exception):
         return (_rebuild, (type(self), self.message, self.fields))
 
     def to_dict(self, request_id: str | None = None) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "request_id": request_id}}
+        message = redact(self.message)  # an error body never carries a secret
+        return {"error": {"code": self.code, "message": message, "request_id": request_id}}
 
 
 class ConfigError(DatapunkError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +23,9 @@ from cluster.db.engine import check_database
 from cluster.db.migrate import upgrade
 from cluster.errors import DatapunkError, PlatformStateError, ServiceUnavailableError
 from cluster.health import check_configured_services
+from cluster.logging import redact_data
 from cluster.platform_state import PlatformState
+from cluster.ray_exposure import check_job_api_protected
 from cluster.ray_runtime import (
     head_addresses,
     port_open,
@@ -32,6 +35,8 @@ from cluster.ray_runtime import (
     stop_head,
     use_token_auth,
 )
+from cluster.security.keyring import check_key_files
+from cluster.security.tls import client_verify, gateway_scheme, serve_tls_options
 from cluster.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ class UpResult:
 
 
 def gateway_url(settings: Settings) -> str:
-    return f"http://{settings.gateway.host}:{settings.gateway.port}"
+    return f"{gateway_scheme(settings)}://{settings.gateway.host}:{settings.gateway.port}"
 
 
 def urls(settings: Settings, state: PlatformState) -> dict[str, str]:
@@ -112,6 +117,7 @@ def disconnect() -> None:
 async def preflight(settings: Settings) -> str:
     """Check the platform DB and every configured service; migrate the DB. Return revision."""
     await check_database(settings)
+    check_key_files(settings)  # master keys others can read: refuse to start
     statuses = await check_configured_services(settings)
     down = [s for s in statuses if not s.ok]
     if down:
@@ -138,13 +144,15 @@ def _running(state: PlatformState | None, settings: Settings) -> bool:
     return port_open(host, int(port)) and port_open(settings.gateway.host, settings.gateway.port)
 
 
-def wait_ready(url: str, timeout_s: float = 90.0) -> dict[str, Any]:
+def wait_ready(
+    url: str, timeout_s: float = 90.0, verify: ssl.SSLContext | bool = True
+) -> dict[str, Any]:
     """Poll ``/readyz`` until it answers 200; raise naming what is still down."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            reply = httpx.get(f"{url}/readyz", timeout=5)
+            reply = httpx.get(f"{url}/readyz", timeout=5, verify=verify)
             if reply.status_code == 200:
                 body: dict[str, Any] = reply.json()
                 return body
@@ -161,14 +169,19 @@ def wait_ready(url: str, timeout_s: float = 90.0) -> dict[str, Any]:
 
 
 def deploy(settings: Settings) -> None:
-    """Start Serve on the gateway port, the actor pools, then the gateway application."""
+    """Start Serve on the gateway port, the actor pools, Cortex, then the gateway."""
     from ray import serve
 
     from cluster.pools import start_pools
+    from serve_apps import cortex
     from serve_apps.gateway import build
 
-    serve.start(http_options={"host": settings.gateway.host, "port": settings.gateway.port})
+    # HTTPS when a certificate is configured (checked first: a bad one fails here, once).
+    http_options = {"host": settings.gateway.host, "port": settings.gateway.port}
+    serve.start(http_options={**http_options, **serve_tls_options(settings)})
     start_pools(settings)
+    # Cortex has no route of its own: the gateway reaches it through a handle.
+    serve.run(cortex.build(settings), name=cortex.CORTEX_APP, route_prefix=None, blocking=False)
     serve.run(build(settings), name=GATEWAY_APP, route_prefix="/", blocking=False)
 
 
@@ -211,12 +224,14 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
             start_head(settings, state.marker)
         else:
             step(f"joining Ray cluster at {address}")
+        # Whatever the settings say, the running Job API must refuse callers without a token.
+        check_job_api_protected(state.dashboard_url, wait_s=20.0 if state.marker else 2.0)
         step("connecting to Ray")
         connect(settings, state.gcs_address)
         step("deploying actor pools and the gateway on Serve")
         deploy(settings)
         step("waiting for the gateway to be ready")
-        wait_ready(state.gateway_url)
+        wait_ready(state.gateway_url, verify=client_verify(settings))
         resumed = asyncio.run(resume_streams(settings))
         if resumed:
             step(f"resumed stream topologies from their checkpoints: {', '.join(resumed)}")
@@ -266,7 +281,10 @@ def _remove_apps(settings: Settings, state: PlatformState) -> None:
     # serve.shutdown() can wait 30 s for the controller; on a shared cluster remove
     # only what is ours.
     if not state.started_head:
+        from serve_apps.cortex import CORTEX_APP
+
         serve.delete(GATEWAY_APP)
+        serve.delete(CORTEX_APP)
         stop_pools(settings)
 
 
@@ -286,7 +304,7 @@ def status(settings: Settings) -> dict[str, Any]:
         raise PlatformStateError("the platform is not running; start it with `datapunk up`")
     report: dict[str, Any] = {"state": state.__dict__, "urls": urls(settings, state)}
     try:
-        reply = httpx.get(f"{state.gateway_url}/readyz", timeout=10)
+        reply = httpx.get(f"{state.gateway_url}/readyz", timeout=10, verify=client_verify(settings))
         report["ready"] = reply.status_code == 200
         report["checks"] = reply.json().get("checks", {})
     except httpx.HTTPError as exc:
@@ -303,4 +321,5 @@ def status(settings: Settings) -> dict[str, Any]:
             disconnect()
     else:
         report["serve"] = {"error": f"Ray head at {state.gcs_address} is not answering"}
-    return report
+    # What a check reports may quote a URL with its password: `status` shows no secret.
+    return dict(redact_data(report))

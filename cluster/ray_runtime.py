@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 
 from cluster.errors import PlatformStateError, ServiceUnavailableError
+from cluster.ray_exposure import check_ray_exposure
 from cluster.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -170,9 +171,9 @@ def start_head(settings: Settings, marker: str) -> HeadAddresses:
     ]
     if settings.ray.num_cpus is not None:
         cmd.append(f"--num-cpus={settings.ray.num_cpus}")
-    proc = subprocess.run(
-        cmd, env=ray_env(settings, marker), capture_output=True, text=True, timeout=180
-    )
+    env = ray_env(settings, marker)
+    check_ray_exposure(settings, env)  # no dashboard beyond loopback without a token
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     if proc.returncode != 0:
         last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise ServiceUnavailableError(

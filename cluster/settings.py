@@ -15,9 +15,18 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +35,7 @@ from pydantic_settings import (
 )
 
 from cluster.errors import ConfigError
+from cluster.logging import remember_secrets
 
 DEFAULT_CONFIG_PATH = Path("configs/datapunk.yaml")
 Port = int  # constrained per field with ge/le below
@@ -120,6 +130,38 @@ class GatewaySettings(_Section):
         description="First of 1000 direct-ingress replica ports "
         "(HTTP; gRPC ports start 10000 higher).",
     )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain): with tls_key_file the gateway serves HTTPS."
+    )
+    tls_key_file: Path | None = Field(
+        None, description="PEM private key of tls_cert_file (not readable by others)."
+    )
+    tls_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted tls_key_file."
+    )
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> GatewaySettings:
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if (cert is None) != (key is None):
+            given, missing = (
+                ("tls_cert_file", "tls_key_file")
+                if key is None
+                else ("tls_key_file", "tls_cert_file")
+            )
+            raise ValueError(f"gateway.{given} is set but gateway.{missing} is not; set both")
+        if cert is not None and self.ha_proxy:
+            raise ValueError(
+                "TLS is served by Serve's own proxy; Serve's HAProxy mode has no TLS: set "
+                "gateway.ha_proxy=false (DATAPUNK_GATEWAY__HA_PROXY=false), or terminate TLS "
+                "in a load balancer in front and leave the certificate unset"
+            )
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gateway serves HTTPS."""
+        return self.tls_cert_file is not None
 
 
 class LakeSettings(_Section):
@@ -129,6 +171,9 @@ class LakeSettings(_Section):
         20, ge=0, le=1000, description="Retries of a commit that lost an optimistic race."
     )
     sql_row_limit: int = Field(100_000, ge=1, description="Most rows a SQL query returns.")
+    sql_max_query_chars: int = Field(
+        100_000, ge=16, description="Longest SQL text accepted (a query-cost limit)."
+    )
     sql_timeout_s: float = Field(30.0, gt=0, le=3600, description="SQL queries stop after this.")
     max_result_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Largest scan or SQL result handed back."
@@ -142,6 +187,172 @@ class LakeSettings(_Section):
     orphan_grace_s: float = Field(
         3600.0, ge=0, description="Files younger than this are never orphans (in-flight writes)."
     )
+
+
+class CortexSettings(_Section):
+    """Online inference on Ray Serve: batching, models per replica, autoscaling, device,
+    the prediction log."""
+
+    max_batch_size: int = Field(
+        64, ge=1, le=4096, description="Most requests one forward pass serves (@serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=10, description="Longest a request waits for its batch to fill."
+    )
+    max_models_per_replica: int = Field(
+        4, ge=1, le=256, description="Model versions one replica holds (LRU beyond that)."
+    )
+    min_replicas: int = Field(1, ge=0, le=256, description="Autoscaling floor.")
+    max_replicas: int = Field(2, ge=1, le=256, description="Autoscaling ceiling.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling aims at this many requests in flight per replica."
+    )
+    max_ongoing_requests: int = Field(256, ge=1, description="Per-replica concurrency cap.")
+    num_cpus: float = Field(0.5, ge=0, description="CPUs each replica reserves.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: a GPU when the cluster has one, else CPU."
+    )
+    num_gpus: float = Field(
+        1.0, ge=0, le=8, description="GPUs a replica requests when it runs on the GPU."
+    )
+    route_refresh_s: float = Field(
+        1.0, gt=0, le=300, description="How often aliases and canaries are re-read."
+    )
+    log_predictions: bool = Field(True, description="Append every prediction to the Lake.")
+    log_namespace: str = Field(
+        "cortex", min_length=1, description="Lake namespace of the prediction-log tables."
+    )
+    log_buffer_rows: int = Field(
+        100_000, ge=1, description="Prediction-log buffer; beyond it rows are dropped, counted."
+    )
+    log_flush_rows: int = Field(5_000, ge=1, description="Flush the log at this many rows.")
+    log_flush_s: float = Field(2.0, gt=0, le=3600, description="... or after this long.")
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> CortexSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"cortex.min_replicas ({self.min_replicas}) exceeds cortex.max_replicas "
+                f"({self.max_replicas}); raise max_replicas or lower min_replicas"
+            )
+        return self
+
+
+class AuthSettings(_Section):
+    """Human accounts and API-key rotation: token lifetimes, lockout, password hashing."""
+
+    access_token_ttl_s: float = Field(
+        900.0, ge=60, le=86_400, description="Lifetime of an access token (default 15 min)."
+    )
+    refresh_token_ttl_s: float = Field(
+        7 * 86_400.0,
+        ge=300,
+        le=90 * 86_400,
+        description="Lifetime of a refresh token; each refresh issues a new one (default 7 d).",
+    )
+    lockout_threshold: int = Field(
+        5, ge=1, le=1000, description="Failed sign-ins in a row that lock an account."
+    )
+    lockout_duration_s: float = Field(
+        900.0, gt=0, le=7 * 86_400, description="How long a locked account stays locked."
+    )
+    rotation_overlap_s: float = Field(
+        86_400.0,
+        ge=0,
+        le=90 * 86_400,
+        description="How long a rotated API key keeps working beside its successor.",
+    )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="HS256 key (32+ characters) for access and refresh tokens; "
+        "unset = signing_key_file.",
+    )
+    signing_key_file: Path | None = Field(
+        None,
+        description="0600 file holding the token signing key, created on first use; "
+        "unset = <data_dir>/auth/jwt_signing_key.",
+    )
+    issuer: str = Field(
+        "Datapunk", min_length=1, max_length=100, description="Issuer shown in MFA apps."
+    )
+    argon2_time_cost: int = Field(3, ge=1, le=100, description="argon2id passes.")
+    argon2_memory_kib: int = Field(
+        65_536, ge=1024, le=4 * 1024 * 1024, description="argon2id memory per hash (KiB)."
+    )
+    argon2_parallelism: int = Field(4, ge=1, le=64, description="argon2id lanes.")
+
+
+class RateLimitSettings(_Section):
+    """Token buckets per API key and route class, per client address for calls without a
+    valid key, and request-size limits. A bucket holds ``*_burst`` requests and refills
+    at ``*_per_s``; Redis holds them when ``redis_url`` is set (shared by every replica),
+    else each gateway replica has its own."""
+
+    enabled: bool = Field(True, description="Enforce the buckets below (size limits always).")
+    read_per_s: float = Field(100.0, gt=0, description="Per key: GET/HEAD calls per second.")
+    read_burst: int = Field(200, ge=1, description="Per key: GET/HEAD calls at once.")
+    write_per_s: float = Field(20.0, gt=0, description="Per key: mutating calls per second.")
+    write_burst: int = Field(50, ge=1, description="Per key: mutating calls at once.")
+    predict_per_s: float = Field(200.0, gt=0, description="Per key: predictions per second.")
+    predict_burst: int = Field(400, ge=1, description="Per key: predictions at once.")
+    sql_per_s: float = Field(5.0, gt=0, description="Per key: SQL queries per second.")
+    sql_burst: int = Field(20, ge=1, description="Per key: SQL queries at once.")
+    auth_per_s: float = Field(2.0, gt=0, description="Per key: /auth calls per second.")
+    auth_burst: int = Field(10, ge=1, description="Per key: /auth calls at once.")
+    anonymous_per_s: float = Field(
+        10.0, gt=0, description="Per client address: calls without credentials per second."
+    )
+    anonymous_burst: int = Field(50, ge=1, description="... at once.")
+    login_per_s: float = Field(
+        1.0, gt=0, description="Per client address: sign-in attempts (/auth without a key)."
+    )
+    login_burst: int = Field(10, ge=1, description="... at once.")
+    auth_failures_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Per client address: refused credentials (401) per second; "
+        "when used up, calls with credentials from there get 429 (key guessing).",
+    )
+    auth_failures_burst: int = Field(50, ge=1, description="... at once.")
+    fail_open: bool = Field(
+        True, description="Allow calls when the bucket store (Redis) is down, with a warning."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Peer addresses whose X-Forwarded-For names the client (a load balancer).",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body (413 beyond it)."
+    )
+    max_upload_bytes: int = Field(
+        2 * 1024**3,
+        ge=1024,
+        description="Largest streamed Lake upload (CSV/Parquet/Arrow), counted as it streams.",
+    )
+
+
+class EncryptionSettings(_Section):
+    """Encryption at rest of sensitive Lake columns: where the master keys come from."""
+
+    key_provider: Literal["local"] = Field(
+        "local", description="local: 0600 key files in key_dir (a KMS adapter plugs in here)."
+    )
+    key_dir: Path | None = Field(
+        None, description="Folder of the master key files; unset = <data_dir>/keys."
+    )
+
+
+class AuditSettings(_Section):
+    """The hash-chained audit log: how the gateway queues entries on their way to the DB."""
+
+    enabled: bool = Field(True, description="Audit mutating and denied calls at the gateway.")
+    queue_size: int = Field(
+        10_000, ge=1, le=1_000_000, description="Entries a replica holds before blocking."
+    )
+    block_s: float = Field(
+        0.25, ge=0, le=10, description="How long a full queue blocks; then counted as dropped."
+    )
+    batch_size: int = Field(500, ge=1, le=10_000, description="Entries written per transaction.")
 
 
 class PoolSettings(_Section):
@@ -182,6 +393,11 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     pools: PoolSettings = Field(default_factory=PoolSettings)
     lake: LakeSettings = Field(default_factory=LakeSettings)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    encryption: EncryptionSettings = Field(default_factory=EncryptionSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    cortex: CortexSettings = Field(default_factory=CortexSettings)
 
     @field_validator("database_url", "redis_url", "amqp_url", "consul_url", mode="before")
     @classmethod
@@ -222,6 +438,16 @@ class Settings(BaseSettings):
     @property
     def ray_token_path(self) -> Path:
         return self.data_path / "ray" / "auth_token"
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.auth.signing_key_file or self.data_path / "auth" / "jwt_signing_key"
+
+    @property
+    def key_dir(self) -> Path:
+        """Where the local key provider keeps master key files (0700 folder, 0600 files)."""
+        folder = self.encryption.key_dir
+        return folder.expanduser().resolve() if folder else self.data_path / "keys"
 
     @property
     def state_path(self) -> Path:
@@ -269,14 +495,51 @@ class _YamlSource(YamlConfigSettingsSource):
 _yaml_path_var: dict[str, Path | None] = {"path": None}
 
 
-def _describe(error: Any) -> tuple[str, Any, str]:
-    key = ".".join(str(p) for p in error["loc"])
-    value = error.get("input")
+_SECRET_NAME = re.compile(r"(?i)password|secret|token|signing_key|_key$")
+
+
+def _hide_secrets(key: str, value: Any) -> Any:
+    """``value`` fit for an error message: URLs redacted, other secrets replaced."""
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
+        if key not in _URL_SCHEMES:
+            return "***"
     if isinstance(value, str) and key in _URL_SCHEMES:
-        value = redact_url(value)
+        return redact_url(value)
+    if isinstance(value, str) and _SECRET_NAME.search(key.rsplit(".", 1)[-1]):
+        return "***"
+    if isinstance(value, dict):  # a whole section named in a section-level error
+        return {k: _hide_secrets(f"{key}.{k}" if key else str(k), v) for k, v in value.items()}
+    return value
+
+
+def _describe(error: Any) -> tuple[str, Any, str]:
+    key = ".".join(str(p) for p in error["loc"])
+    value = _hide_secrets(key, error.get("input"))
     return key, value, error["msg"].removeprefix("Value error, ")
+
+
+def secret_values(model: BaseModel) -> list[str]:
+    """Every secret ``model`` holds, as log redaction must know it: the password of a
+    URL (the rest of it names a host, which messages need), any other secret whole."""
+    found: list[str] = []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            found.extend(secret_values(value))
+        elif isinstance(value, SecretStr):
+            plain = value.get_secret_value()
+            if "://" in plain:
+                password = urlsplit(plain).password
+                found.extend([password, unquote(password)] if password else [])
+            else:
+                found.append(plain)
+    return found
+
+
+def _remembered(settings: Settings) -> Settings:
+    remember_secrets(secret_values(settings))
+    return settings
 
 
 def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
@@ -296,7 +559,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     source = str(config_path) if config_path else "environment"
     _yaml_path_var["path"] = config_path
     try:
-        return Settings(**overrides)
+        return _remembered(Settings(**overrides))
     except ValidationError as exc:
         key, value, msg = _describe(exc.errors()[0])
         env_key = "DATAPUNK_" + key.upper().replace(".", "__")
@@ -329,7 +592,7 @@ def export_settings(settings: Settings) -> dict[str, Any]:
 def settings_from_export(values: dict[str, Any]) -> Settings:
     """Rebuild settings inside a Ray process from ``export_settings``; no file, no env read."""
     try:
-        return Settings.model_validate(values)
+        return _remembered(Settings.model_validate(values))
     except ValidationError as exc:
         key, value, msg = _describe(exc.errors()[0])
         raise ConfigError(key=key, value=value, allowed=msg, source="exported settings") from None

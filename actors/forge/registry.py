@@ -9,6 +9,9 @@ Promotion is a decision, then an action: ``gate`` (``actors/forge/gate.py``) is 
 function of two scores, and ``promote`` moves the alias only when the candidate is at
 least as good as the version the alias points at now, both scored by the injected
 ``evaluate``.
+
+Canaries (a share of an alias's traffic to another version, and the rollback) are
+``CanaryMethods``' (``actors/forge/canary.py``), a base of ``ModelRegistry``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from actors.forge.artifacts import ArtifactStore, artifacts_root, sha256
+from actors.forge.canary import CanaryMethods
 from actors.forge.gate import MODES, Mode, explain, gate
 from cluster.db.forge_store import RegistryStore, open_forge_stores
 from cluster.errors import InvalidInputError, NotFoundError
@@ -135,8 +139,8 @@ def _finite(score: float) -> float | None:
     return None if math.isnan(score) or math.isinf(score) else score
 
 
-class ModelRegistry:
-    """Register, look up, alias and promote model versions.
+class ModelRegistry(CanaryMethods):
+    """Register, look up, alias and promote model versions; canary and roll back aliases.
 
     Version records are plain dicts (``RegistryStore``'s, with ``aliases`` pointing at
     each); ``ref`` arguments take a version number, its digits, or an alias name.
@@ -288,7 +292,8 @@ class ModelRegistry:
     async def remove_alias(
         self, name: str, alias: str, *, actor: str, reason: str | None = None
     ) -> _Record:
-        """Delete ``alias``; returns the history event. ``NotFoundError`` when unset."""
+        """Delete ``alias``; returns the history event. ``NotFoundError`` when unset,
+        ``CanaryStateError`` while it has a canary (roll it back or promote it first)."""
         _check_actor(actor)
         model = await self._model(name)
         event = await self.store.remove_alias(name, alias, actor=actor, reason=reason)

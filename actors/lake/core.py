@@ -27,7 +27,17 @@ from actors.lake import reads
 from actors.lake.catalog import catalog_unavailable, catalog_uri, open_catalog
 from actors.lake.commits import CommitResult, RetryPolicy, Sleep
 from actors.lake.describe import SnapshotInfo, TableDescription
+from actors.lake.encryption import (
+    LakeEncryption,
+    encrypted_columns,
+    has_encrypted_fields,
+    sensitive_columns,
+    shown_description,
+)
+from actors.lake.errors import invalid
 from actors.lake.evolution import SchemaChanges
+from actors.lake.specs import parse_table_name
+from actors.lake.staging import materialise
 from actors.lake.tables import TableCatalog
 from actors.lake.writes import BeforeCommit, Data, Properties, TableWriter
 from cluster.settings import Settings
@@ -70,6 +80,8 @@ class LakeCore(ServiceCore):
         self._rng = rng or random.Random()
         self._tables: TableCatalog | None = None
         self._writer: TableWriter | None = None
+        # Sensitive columns; keys and the platform DB are opened only when one is used.
+        self.crypto = LakeEncryption(settings)
 
     # --- wiring ----------------------------------------------------------------
 
@@ -90,7 +102,9 @@ class LakeCore(ServiceCore):
     def writer(self) -> TableWriter:
         if self._writer is None:
             policy = RetryPolicy(retries=self.settings.lake.commit_retries)
-            self._writer = TableWriter(self.tables, policy, sleep=self._sleep, rng=self._rng)
+            self._writer = TableWriter(
+                self.tables, policy, sleep=self._sleep, rng=self._rng, crypto=self.crypto
+            )
         return self._writer
 
     # --- namespaces ------------------------------------------------------------
@@ -121,7 +135,15 @@ class LakeCore(ServiceCore):
         sort_by: list[str] | None = None,
         properties: dict[str, Any] | None = None,
     ) -> TableDescription:
-        """Create ``ns.table`` from a schema or data; partition/sort by the mini-syntax."""
+        """Create ``ns.table`` from a schema or data; partition/sort by the mini-syntax.
+
+        ``properties`` may name sensitive columns (``datapunk.sensitive``): they are stored
+        encrypted from the first row on.
+        """
+        if properties and sensitive_columns({k: str(v) for k, v in properties.items()}):
+            schema, data, properties = self._encrypted_create(
+                name, schema, data, properties, [*(partition_by or []), *(sort_by or [])]
+            )
         return self.tables.create_table(
             name,
             schema,
@@ -131,13 +153,32 @@ class LakeCore(ServiceCore):
             properties=properties,
         )
 
+    def _encrypted_create(
+        self,
+        name: str,
+        schema: pa.Schema | None,
+        data: Data | None,
+        properties: dict[str, Any],
+        terms: list[str],
+    ) -> tuple[pa.Schema, pa.Table | None, dict[str, Any]]:
+        full = parse_table_name(name).full
+        rows = materialise(data) if data is not None else None
+        plain_schema = schema if schema is not None else (rows.schema if rows else None)
+        if plain_schema is None:
+            raise invalid("schema", None, "give a schema, or data to infer it from")
+        stored, props = self.crypto.prepare_create(full, plain_schema, properties, terms)
+        if rows is not None:
+            rows, _ = self.crypto.seal(full, {k: str(v) for k, v in props.items()}, rows)
+        return stored, rows, props
+
     @_catalog_call
     def list_tables(self, namespace: str | None = None) -> list[str]:
         return self.tables.list_tables(namespace)
 
     @_catalog_call
     def describe(self, name: str) -> TableDescription:
-        return self.tables.describe(name)
+        """The table as its users see it: an encrypted column shows its own type."""
+        return shown_description(self.tables.describe(name))
 
     @_catalog_call
     def drop_table(self, name: str, *, purge: bool = False) -> None:
@@ -235,10 +276,31 @@ class LakeCore(ServiceCore):
         snapshot_id: int | None = None,
         as_of: datetime | None = None,
         limit: int | None = None,
+        *,
+        decrypt: bool = False,
     ) -> pa.Table:
-        """Rows, projected and filtered in pyiceberg, optionally at a snapshot or time."""
+        """Rows, projected and filtered in pyiceberg, optionally at a snapshot or time.
+
+        Encrypted columns come back decrypted with ``decrypt``, else masked.
+        """
+        stored = self.scan_stored(name, columns, filter, snapshot_id, as_of, limit)
+        return self.reveal(name, stored, decrypt=decrypt)
+
+    @_catalog_call
+    def scan_stored(
+        self,
+        name: str,
+        columns: list[str] | None = None,
+        filter: str | None = None,
+        snapshot_id: int | None = None,
+        as_of: datetime | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        """``scan`` as stored: encrypted columns still sealed (safe to cache), annotated
+        so ``reveal`` can open or mask them later."""
         parsed, table = self.tables.load(name)
-        return reads.scan(
+        self.crypto.check_filter(parsed.full, table.properties, filter)
+        stored = reads.scan(
             table,
             parsed.full,
             columns=columns,
@@ -248,6 +310,28 @@ class LakeCore(ServiceCore):
             limit=limit,
             max_bytes=self.settings.lake.max_result_bytes,
         )
+        return self.crypto.annotate(table.properties, stored)
+
+    @_catalog_call
+    def is_encrypted(self, name: str) -> bool:
+        """Whether ``name`` stores any column encrypted (metadata only)."""
+        _, table = self.tables.load(name)
+        return bool(encrypted_columns(table.properties))
+
+    def reveal(self, name: str, stored: pa.Table, *, decrypt: bool) -> pa.Table:
+        """Decrypt (``decrypt``) or mask the encrypted columns of a ``scan_stored`` result."""
+        if not has_encrypted_fields(stored):
+            return stored
+        return self.crypto.reveal(parse_table_name(name).full, stored, decrypt=decrypt)
+
+    @_catalog_call
+    def protect_columns(self, name: str, columns: list[str]) -> dict[str, Any]:
+        """Declare more columns sensitive; data already stored in them is rewritten
+        encrypted in one commit (see ``actors.lake.protect``)."""
+        from actors.lake.protect import protect_columns
+
+        parsed, table = self.tables.load(name)
+        return protect_columns(self.crypto, parsed.full, table, columns)
 
     @_catalog_call
     def resolve_snapshot(

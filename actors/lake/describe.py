@@ -17,6 +17,7 @@ class ColumnInfo:
     type: str
     required: bool
     field_id: int
+    encrypted: bool = False  # stored sealed; ``type`` is the plaintext's type
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from pyiceberg.types import StringType
 from actors.lake import maintenance
 from actors.lake.compaction import compact
 from actors.lake.core import LakeCore
+from actors.lake.encryption import encrypted_columns, has_encrypted_fields
 from actors.lake.formats import iter_batches_from_file
 from actors.lake.native import ParquetFiles, native_files
 from actors.lake.result_cache import ResultCache, cache_key
@@ -207,32 +208,58 @@ class LakeService:
         snapshot_id: int | None = None,
         as_of: datetime | str | None = None,
         limit: int | None = None,
+        decrypt: bool = False,
     ) -> pa.Table:
-        """Rows of ``name`` at a snapshot (latest by default), served from cache when seen."""
+        """Rows of ``name`` at a snapshot (latest by default), served from cache when seen.
+
+        Encrypted columns are decrypted with ``decrypt`` (the caller holds
+        ``lake.table:decrypt``), else masked. The cache holds them sealed either way.
+        """
         when = parse_as_of(as_of)
         snapshot = await self._run(self.core.resolve_snapshot, name, snapshot_id, when)
         request = {"table": name, "columns": columns, "filter": filter, "limit": limit}
         key = cache_key("scan", {name: snapshot}, request)
-        return await self._cached(
+        stored = await self._cached(
             key,
-            lambda: self.core.scan(
+            lambda: self.core.scan_stored(
                 name, columns=columns, filter=filter, snapshot_id=snapshot, limit=limit
             ),
         )
+        if not has_encrypted_fields(stored):
+            return stored
+        return await self._run(self.core.reveal, name, stored, decrypt=decrypt)
 
-    async def sql(self, query: str, limit: int | None = None) -> pa.Table:
-        """A read-only DuckDB query over the current snapshot of every table it names."""
+    async def protect_columns(self, name: str, columns: list[str]) -> dict[str, Any]:
+        """Declare ``columns`` sensitive: stored encrypted from now on (existing data too)."""
+        return plain(await self._run(self.core.protect_columns, name, list(columns)))
+
+    async def sql(self, query: str, limit: int | None = None, decrypt: bool = False) -> pa.Table:
+        """A read-only DuckDB query over the current snapshot of every table it names.
+
+        DuckDB sees encrypted columns decrypted with ``decrypt``, else masked, so SQL
+        shows a caller nothing a scan would not; plaintext results are never cached.
+        """
         lake = self.settings.lake
+        if isinstance(query, str) and len(query) > lake.sql_max_query_chars:
+            raise InvalidInputError(  # a cost limit: parsing and planning grow with the text
+                field="query",
+                value=f"{len(query)} characters",
+                allowed=f"at most {lake.sql_max_query_chars} characters "
+                "(lake.sql_max_query_chars); shorten the query or raise the setting",
+            )
         row_limit = min(limit or lake.sql_row_limit, lake.sql_row_limit)
         parsed = parse_query(query)
         snapshots = {n: await self._run(self.core.resolve_snapshot, n) for n in parsed.tables}
-        key = cache_key("sql", snapshots, {"query": query, "limit": row_limit})
+        key = cache_key("sql", snapshots, {"query": query, "limit": row_limit, "decrypt": decrypt})
         sources = {
-            n: functools.partial(self._reader, n, s, parsed.columns) for n, s in snapshots.items()
+            n: functools.partial(self._reader, n, s, parsed.columns, decrypt)
+            for n, s in snapshots.items()
         }
+        plaintext = decrypt and any([await self._run(self.core.is_encrypted, n) for n in snapshots])
         return await self._cached(
             key,
-            lambda: run_sql(
+            cache=not plaintext,
+            compute=lambda: run_sql(
                 query,
                 sources,
                 row_limit=row_limit,
@@ -246,12 +273,18 @@ class LakeService:
         return self.core.settings
 
     def _reader(
-        self, name: str, snapshot_id: int | None, columns: frozenset[str] | None = None
+        self,
+        name: str,
+        snapshot_id: int | None,
+        columns: frozenset[str] | None = None,
+        decrypt: bool = False,
     ) -> pa.RecordBatchReader | ParquetFiles:
         """What DuckDB scans: the columns the query names (``None``: all), strings read as
-        dictionaries (DuckDB then hashes codes, not 5 million strings)."""
-        _, table = self.core.tables.load(name)
-        if self.native_sql:
+        dictionaries (DuckDB then hashes codes, not 5 million strings). A table with
+        encrypted columns is read through Arrow, decrypted or masked batch by batch."""
+        parsed, table = self.core.tables.load(name)
+        encrypted = bool(encrypted_columns(table.properties))
+        if self.native_sql and not encrypted:
             files = native_files(table, table.scan(snapshot_id=snapshot_id))
             if files is not None:
                 return files
@@ -263,15 +296,22 @@ class LakeService:
         selected = ("*",) if len(chosen) == len(fields) else tuple(f.name for f in chosen)
         strings = tuple(f.name for f in chosen if isinstance(f.field_type, StringType))
         scan = table.scan(snapshot_id=snapshot_id, selected_fields=selected)
-        return scan.to_arrow_batch_reader(dictionary_columns=strings)
+        reader = scan.to_arrow_batch_reader(dictionary_columns=strings)
+        if not encrypted:
+            return reader
+        return self.core.crypto.reveal_reader(
+            parsed.full, table.properties, reader, decrypt=decrypt
+        )
 
-    async def _cached(self, key: str, compute: Callable[[], pa.Table]) -> pa.Table:
-        if self.results is not None:
+    async def _cached(
+        self, key: str, compute: Callable[[], pa.Table], *, cache: bool = True
+    ) -> pa.Table:
+        if self.results is not None and cache:
             hit = await self.results.get(key)
             if hit is not None:
                 return hit
         result = await self._run(compute)
-        if self.results is not None:
+        if self.results is not None and cache:
             await self.results.put(key, result)
         return result
 

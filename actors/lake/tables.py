@@ -37,6 +37,30 @@ from actors.lake.staging import materialise, sort_for_write
 # Iceberg's spelling of "no compression"; pyarrow's is "none".
 _CODECS = {"none": "uncompressed"}
 _DICT_PAGE_BYTES = 1024 * 1024
+# Table properties pyiceberg reads as I/O configuration: where files go (a path outside
+# the warehouse, an object store on an internal address) or which class does the I/O
+# (``py-io-impl`` imports and calls any name). A caller who may create tables must not
+# choose them (OWASP API7, SSRF): the warehouse and its FileIO are the platform's.
+_IO_PROPERTY_PREFIXES = ("s3.", "gcs.", "adls.", "hdfs.", "hf.", "oss.", "client.")
+_IO_PROPERTIES = frozenset({"py-io-impl", "location"})
+
+
+def check_properties(properties: dict[str, Any] | None) -> None:
+    """Refuse table properties that would steer file I/O (paths, endpoints, classes)."""
+    for key in properties or {}:
+        name = str(key).strip().lower()
+        steers_io = (
+            name in _IO_PROPERTIES
+            or name.startswith(_IO_PROPERTY_PREFIXES)
+            or (name.startswith("write.") and name.endswith(".path"))
+        )
+        if steers_io:
+            raise invalid(
+                "properties",
+                key,
+                "not a property that sets where or how files are written (paths, "
+                "endpoints, FileIO classes): tables live in the platform's warehouse",
+            )
 
 
 class TableCatalog:
@@ -122,6 +146,7 @@ class TableCatalog:
         failed write creates nothing.
         """
         parsed = parse_table_name(name)
+        check_properties(properties)
         rows = materialise(data) if data is not None else None
         arrow_schema = _arrow_schema(schema, rows)
         ice = iceberg_schema(parsed.full, arrow_schema)

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pyiceberg.table import Table, Transaction
 
 from actors.lake.commits import CommitResult, RetryPolicy, Sleep, run_with_retries
+from actors.lake.encryption import LakeEncryption
 from actors.lake.errors import SchemaMismatchError, SnapshotNotFoundError, invalid
 from actors.lake.evolution import SchemaChanges, apply_changes
 from actors.lake.filters import parse_filter
@@ -55,12 +56,20 @@ class TableWriter:
     """Commits to tables of one catalog, retried under optimistic concurrency."""
 
     def __init__(
-        self, tables: TableCatalog, policy: RetryPolicy, *, sleep: Sleep, rng: random.Random
+        self,
+        tables: TableCatalog,
+        policy: RetryPolicy,
+        *,
+        sleep: Sleep,
+        rng: random.Random,
+        crypto: LakeEncryption | None = None,
     ) -> None:
         self._tables = tables
         self._policy = policy
         self._sleep = sleep
         self._rng = rng
+        # Seals sensitive columns before the schema check (actors/lake/encryption.py).
+        self._crypto = crypto
 
     def append(
         self,
@@ -122,6 +131,8 @@ class TableWriter:
 
         def attempt() -> tuple[Table, int, int]:
             staged = self._stage(parsed, rows, evolve)
+            if self._crypto is not None:  # before anything is written
+                self._crypto.check_keys(parsed.full, staged.table.properties, list(key_columns))
             _refuse_partial_rows(parsed.full, staged.table, rows)
             in_table_order = staged.rows.select(staged.tx.table_metadata.schema().column_names)
             with _quiet_no_match():
@@ -153,6 +164,8 @@ class TableWriter:
 
         def attempt() -> tuple[Table, int]:
             table = single_attempt_commits(self._tables.load(parsed)[1])
+            if self._crypto is not None:
+                self._crypto.check_filter(parsed.full, table.properties, filter)
             expression = parse_filter(filter, table.schema(), parsed.full)
             before = total_records(table.metadata)
             tx = transaction(table)
@@ -223,6 +236,8 @@ class TableWriter:
                     return staged.table, before  # nothing to commit: no empty snapshot
                 staged.tx.append(staged.rows, snapshot_properties=dict(properties or {}))
             else:
+                if self._crypto is not None:
+                    self._crypto.check_filter(parsed.full, staged.table.properties, replace)
                 where = parse_filter(replace, staged.table.schema(), parsed.full)
                 with _quiet_no_match():
                     staged.tx.overwrite(
@@ -244,9 +259,14 @@ class TableWriter:
     def _stage(self, parsed: TableName, rows: pa.Table, evolve: bool) -> _Staged:
         """Load, reconcile (may refuse), open a transaction and stage schema changes."""
         table = single_attempt_commits(self._tables.load(parsed)[1])
+        recorded: dict[str, str] = {}
+        if self._crypto is not None:
+            rows, recorded = self._crypto.seal(parsed.full, table.properties, rows)
         plan = plan_write(parsed.full, table.schema(), rows.schema, evolve=evolve)
         conformed = conform(rows, plan)
         tx = transaction(table)
+        if recorded:  # a sensitive column's first data: its type, with the same commit
+            tx.set_properties(recorded)
         stage_schema_changes(tx, plan)
         return _Staged(table, tx, sort_for_write(conformed, tx.table_metadata), plan)
 

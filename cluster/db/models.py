@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Dialect,
     Float,
@@ -78,6 +79,11 @@ class ApiKey(Base):
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_by: Mapped[str | None] = mapped_column(String(100))
+    # Rotation (migration 0006): the successor of a rotated key and the key a new one
+    # replaced; a rotated key's ``expires_at`` is the end of its overlap.
+    replaced_by: Mapped[str | None] = mapped_column(String(32))
+    replaces: Mapped[str | None] = mapped_column(String(32))
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class IngestRun(Base):
@@ -269,3 +275,211 @@ class ModelAliasEvent(Base):
     actor: Mapped[str] = mapped_column(String(100))
     reason: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ModelCanary(Base):
+    """A canary on an alias: ``percent`` of its traffic goes to ``version`` instead.
+
+    One per ``(name, alias)``; it needs the alias to exist and points at a version of
+    the same model. ``sticky_key`` names a request header whose value pins a caller to
+    one side, so the same user keeps seeing the same version.
+    """
+
+    __tablename__ = "model_canaries"
+    __table_args__ = (
+        ForeignKeyConstraint(["name", "alias"], ["model_aliases.name", "model_aliases.alias"]),
+        ForeignKeyConstraint(
+            ["name", "version"], ["model_versions.name", "model_versions.version"]
+        ),
+        CheckConstraint("percent > 0 AND percent < 100", name="percent_range"),
+    )
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(50), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[float] = mapped_column(Float)
+    sticky_key: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class ModelCanaryEvent(Base):
+    """One start, change or end of a canary, appended and never changed.
+
+    ``action`` is ``start``, ``replace``, ``rollback``, ``promote`` or ``stop`` (the
+    alias was moved onto the canary's version another way); ``version``, ``percent``
+    and ``sticky_key`` are the canary's, ``alias_version`` where the alias pointed.
+    """
+
+    __tablename__ = "model_canary_events"
+    __table_args__ = (Index("ix_model_canary_events_name_alias_at", "name", "alias", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200))
+    alias: Mapped[str] = mapped_column(String(50))
+    action: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int] = mapped_column(Integer)
+    percent: Mapped[float] = mapped_column(Float)
+    sticky_key: Mapped[str | None] = mapped_column(String(64))
+    alias_version: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(100))
+    reason: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class User(Base):
+    """A human account: argon2id password hash, lockout counters, TOTP state.
+
+    ``mfa_secret`` is set at enrolment and MFA is on once ``mfa_enabled_at`` is set
+    (the first code confirmed); ``last_totp_step`` is the newest TOTP step accepted,
+    so a code cannot be used twice.
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True, index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    mfa_secret: Mapped[str | None] = mapped_column(String(64))
+    mfa_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_totp_step: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class UserRecoveryCode(Base):
+    """One MFA recovery code of a user, by SHA-256 digest; ``used_at`` once spent."""
+
+    __tablename__ = "user_recovery_codes"
+    __table_args__ = (ForeignKeyConstraint(["user_id"], ["users.id"]),)
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AuthSession(Base):
+    """A signed-in session: the ``sid`` its tokens carry and its one valid refresh token.
+
+    ``refresh_jti`` is the id of the only refresh token that may be used next; a
+    refresh token of this session with another id is a reuse and ends the session.
+    """
+
+    __tablename__ = "auth_sessions"
+    __table_args__ = (
+        ForeignKeyConstraint(["user_id"], ["users.id"]),
+        Index("ix_auth_sessions_user_id", "user_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(32))
+    refresh_jti: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_reason: Mapped[str | None] = mapped_column(String(100))
+
+
+class KeyGrant(Base):
+    """One scoped grant of an API key: a permission on ``table:``/``namespace:``/
+    ``model:``/``stream:`` NAME or ``*`` (``cluster.security.grants``).
+
+    A key with no grants has its role's permissions everywhere; with grants, only where
+    they say. Loaded with the key at authentication (and cached with it).
+    """
+
+    __tablename__ = "key_grants"
+    __table_args__ = (ForeignKeyConstraint(["key_id"], ["api_keys.id"], ondelete="CASCADE"),)
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(300), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class UserGrant(Base):
+    """One scoped grant of a human account; the same rules as ``KeyGrant``."""
+
+    __tablename__ = "user_grants"
+    __table_args__ = (ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),)
+
+    user_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    permission: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(300), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_by: Mapped[str | None] = mapped_column(String(100))
+
+
+class AuditEntry(Base):
+    """One audited call, hash-chained to the one before it (``cluster.security.audit``).
+
+    ``seq`` runs 1, 2, 3 ... without gaps; ``hash`` is
+    ``sha256(prev_hash || canonical_json(every other column))``, so changing, deleting
+    or reordering a row breaks the chain at that row. Rows are appended, never updated.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_actor_at", "actor", "at"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    actor: Mapped[str | None] = mapped_column(String(100))
+    actor_kind: Mapped[str | None] = mapped_column(String(16))
+    actor_name: Mapped[str | None] = mapped_column(String(100))
+    role: Mapped[str | None] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(16))
+    route: Mapped[str] = mapped_column(String(300))
+    permission: Mapped[str | None] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(64))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The audit chain's head: one row (``id`` 1) with the last ``seq`` and ``hash``.
+
+    Appenders lock it first (an ``UPDATE``: a row lock on PostgreSQL, the write lock on
+    SQLite), so appends from every gateway replica form one linear chain; it also lets
+    ``verify`` notice rows cut off the end.
+    """
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class DataKey(Base):
+    """The data key of one encrypted Lake column, stored only wrapped by a master key.
+
+    ``master_key_id`` names the master key that wrapped it; ``datapunk keys
+    rotate-master`` re-wraps every row under a new one (``rewrapped_at``) while the
+    key itself, and so every encrypted file, stays as it is.
+    """
+
+    __tablename__ = "data_keys"
+    __table_args__ = (Index("uq_data_keys_table_column", "table_name", "column_name", unique=True),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    table_name: Mapped[str] = mapped_column(String(300))
+    column_name: Mapped[str] = mapped_column(String(300))
+    master_key_id: Mapped[str] = mapped_column(String(100), index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    rewrapped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -4,7 +4,9 @@ Versions are numbered per model (1, 2, ...) inside the inserting transaction; th
 ``(name, version)`` primary key turns a race between two registrations into a conflict,
 and the loser retries with the next number. Every alias move appends one row to
 ``model_alias_history`` in the same transaction as the move, so "which version was
-``production`` at time T" is one indexed query (``alias_at``).
+``production`` at time T" is one indexed query (``alias_at``). Canaries on aliases
+(``cluster/db/canary_store.py``) share the alias lock: moving an alias onto its canary's
+version ends the canary, and an alias with a canary is not removed.
 
 Validation of names, lineage and metrics is the registry's (``actors/forge/registry.py``);
 this store trusts what it is given and keeps the bookkeeping consistent.
@@ -20,9 +22,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from cluster.db.canary_store import CanaryMethods
 from cluster.db.engine import session_factory
 from cluster.db.models import ModelAlias, ModelAliasEvent, ModelVersion, RegisteredModel
-from cluster.db.store import PlatformStore, upsert_insert
+from cluster.db.store import upsert_insert
 from cluster.errors import NotFoundError, PlatformStateError
 
 __all__ = ["ANYWHERE", "VERSION_FIELDS", "RegistryStore"]
@@ -106,8 +109,8 @@ def _event(row: ModelAliasEvent) -> _Record:
     }
 
 
-class RegistryStore(PlatformStore):
-    """Models, versions, aliases and alias history on the platform database.
+class RegistryStore(CanaryMethods):
+    """Models, versions, aliases, alias history and canaries on the platform database.
 
     Records are plain dicts, times ISO 8601 UTC. A version record carries the aliases
     that point at it now (``aliases``, sorted).
@@ -348,22 +351,40 @@ class RegistryStore(PlatformStore):
             if previous == version:
                 assert row is not None
                 return {**_alias(row), "previous_version": previous, "changed": False}
-            if row is None:
-                row = ModelAlias(name=name, alias=alias)
-                session.add(row)
-            row.version, row.updated_at, row.updated_by = version, now, actor
-            session.add(
-                ModelAliasEvent(
-                    name=name,
-                    alias=alias,
-                    from_version=previous,
-                    to_version=version,
-                    actor=actor,
-                    reason=reason,
-                    at=now,
-                )
-            )
+            row = await self._move_alias(session, row, name, alias, version, actor, reason, now)
         return {**_alias(row), "previous_version": previous, "changed": True}
+
+    async def _move_alias(
+        self,
+        session: AsyncSession,
+        row: ModelAlias | None,
+        name: str,
+        alias: str,
+        version: int,
+        actor: str,
+        reason: str | None,
+        now: datetime,
+    ) -> ModelAlias:
+        """Point the locked alias ``row`` (None: a new alias) at ``version`` and append
+        the move to the history; the one alias-move path (``promote_canary`` uses it)."""
+        previous = None if row is None else row.version
+        await self._stop_canary_on(session, name, alias, version, previous, actor, now)
+        if row is None:
+            row = ModelAlias(name=name, alias=alias)
+            session.add(row)
+        row.version, row.updated_at, row.updated_by = version, now, actor
+        session.add(
+            ModelAliasEvent(
+                name=name,
+                alias=alias,
+                from_version=previous,
+                to_version=version,
+                actor=actor,
+                reason=reason,
+                at=now,
+            )
+        )
+        return row
 
     async def remove_alias(
         self, name: str, alias: str, *, actor: str, reason: str | None = None
@@ -371,12 +392,14 @@ class RegistryStore(PlatformStore):
         """Delete ``alias`` and append its removal (``to_version`` None) to the history.
 
         Returns the history event, or None when the alias did not exist.
+        ``CanaryStateError`` while the alias has a canary.
         """
         now = self._now()
         async with self._session() as session, session.begin():
             row = await self._lock_alias(session, name, alias)
             if row is None:
                 return None
+            await self._refuse_removal_with_canary(session, name, alias)
             event = ModelAliasEvent(
                 name=name,
                 alias=alias,

@@ -4,8 +4,11 @@ A verified key is trusted for ``ttl_s`` (never past its own expiry); a refusal i
 remembered for ``min(ttl_s, 1 s)`` so a client retrying a bad key cannot hammer the
 database, yet a key created a moment later works almost at once. Revocation
 therefore takes effect within ``ttl_s`` on every replica (``invalidate`` makes it
-immediate on this one). Entries are keyed by digest: no token is held in memory.
-Concurrent misses for one key share one lookup.
+immediate on this one). A key is never trusted past its ``expires_at``, which for a
+rotated key is the end of its overlap: the rotation calls ``invalidate`` so this
+replica re-reads the shortened expiry at once; others read it within ``ttl_s``.
+Entries are keyed by digest: no token is held in memory. Concurrent misses for one
+key share one lookup.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ class _Refusal:
     fields: dict[str, Any]
 
 
-class _Lru(Generic[V]):
+class TtlLru(Generic[V]):
     """A size-bounded map from digest to (value, deadline), oldest use evicted first."""
 
     def __init__(self, max_entries: int) -> None:
@@ -54,6 +57,9 @@ class _Lru(Generic[V]):
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
 
     def drop_where(self, predicate: Callable[[V], bool]) -> int:
         doomed = [key for key, (value, _) in self._entries.items() if predicate(value)]
@@ -96,8 +102,8 @@ class CachedAuthenticator:
         self._failure_ttl = min(ttl_s, MAX_FAILURE_TTL_S)
         self._now = now
         self._utcnow = utcnow
-        self._accepted: _Lru[Principal] = _Lru(max_entries)
-        self._refused: _Lru[_Refusal] = _Lru(max_entries)
+        self._accepted: TtlLru[Principal] = TtlLru(max_entries)
+        self._refused: TtlLru[_Refusal] = TtlLru(max_entries)
         self._inflight: dict[str, asyncio.Task[Principal]] = {}
 
     def __len__(self) -> int:
@@ -108,7 +114,7 @@ class CachedAuthenticator:
         key = digest(token)
         now = self._now()
         principal = self._accepted.get(key, now)
-        if principal is not None:
+        if principal is not None and not self._past_expiry(principal):
             return principal
         refusal = self._refused.get(key, now)
         if refusal is not None:
@@ -139,6 +145,15 @@ class CachedAuthenticator:
         if ttl > 0:
             self._accepted.put(key, principal, self._now() + ttl)
         return principal
+
+    def _past_expiry(self, principal: Principal) -> bool:
+        # The monotonic deadline already stops at the expiry; the wall clock is asked
+        # again because the two can drift apart (a suspended VM, an NTP step).
+        return (
+            principal.expires_at is not None
+            and self._utcnow is not None
+            and principal.expires_at <= self._utcnow()
+        )
 
     def _trust_for(self, principal: Principal) -> float:
         """Seconds to trust ``principal``: ``ttl_s``, but never past the key's expiry."""

@@ -39,13 +39,18 @@ class Permission(StrEnum):
     MODEL_PROMOTE = "model:promote"
     MODEL_PREDICT = "model:predict"
     PIPELINE_RUN = "pipeline:run"
+    # Sensitive (encrypted) columns in the clear; without it they are masked.
+    LAKE_TABLE_DECRYPT = "lake.table:decrypt"
+    AUDIT_READ = "audit:read"
+    USERS_MANAGE = "users:manage"
 
 
 _ALL = frozenset(Permission)
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: _ALL,
-    # Builds and runs everything, but cannot mint or revoke keys.
-    Role.ENGINEER: _ALL - {Permission.KEYS_MANAGE},
+    # Builds and runs everything (sensitive columns included), but manages no identities
+    # and does not read the audit log that records its own calls.
+    Role.ENGINEER: _ALL - {Permission.KEYS_MANAGE, Permission.USERS_MANAGE, Permission.AUDIT_READ},
     # Read-only: the platform's state, Lake tables, streams' state and outputs, the
     # model registry.
     Role.ANALYST: frozenset(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -29,13 +29,20 @@ from cluster.health import check_amqp
 from cluster.logging import configure_logging, current_request_id
 from cluster.pools import ping_pool, pool_sizes
 from cluster.ray_runtime import head_addresses
+from cluster.security.audit import AuditQueue
+from cluster.security.audit_store import AuditStore
 from cluster.security.auth_cache import CachedAuthenticator
+from cluster.security.grant_store import GrantStore, copy_key_grants
 from cluster.security.keys import KeyStore
 from cluster.settings import Settings, settings_from_export
+from serve_apps.cortex.client import ServeCortex
 from serve_apps.gateway.asgi import Check, GatewayDeps, create_app
+from serve_apps.gateway.identity import build_identity
 from serve_apps.gateway.jobs_client import RayJobLauncher
+from serve_apps.gateway.ratelimit import GatewayLimits
 from serve_apps.gateway.routes_forge import ForgeBackend
 from serve_apps.gateway.routes_models import ModelsBackend
+from serve_apps.gateway.routes_predict import predict_backend
 
 GATEWAY_APP = "gateway"
 GATEWAY_DEPLOYMENT = "Gateway"
@@ -77,7 +84,8 @@ class Gateway:
         self.settings: Settings = settings_from_export(settings_values)
         configure_logging(self.settings.log_level, service="gateway")
         self.engine = create_engine(self.settings)
-        store = KeyStore(session_factory(self.engine), now=_utcnow)
+        # A rotated key's successor gets its scoped grants in the same transaction.
+        store = KeyStore(session_factory(self.engine), now=_utcnow, on_rotate=(copy_key_grants,))
         self.authenticator = CachedAuthenticator(
             store,
             ttl_s=self.settings.gateway.auth_cache_ttl_s,
@@ -85,12 +93,28 @@ class Gateway:
             utcnow=_utcnow,
         )
         self.cache = build_cache(self.settings)
+        # Bearer JWTs are users' access tokens; anything else goes to the key cache.
+        bearer, auth_backend = build_identity(
+            self.settings,
+            session_factory(self.engine),
+            self.cache,
+            self.authenticator,
+            utcnow=_utcnow,
+            monotonic=time.monotonic,
+        )
         self.deps = GatewayDeps(
-            authenticator=self.authenticator,
+            authenticator=bearer,
+            auth=auth_backend,
+            key_rotation_overlap=timedelta(seconds=self.settings.auth.rotation_overlap_s),
             readiness=self._readiness_checks(),
             platform_status=self._platform_status,
             key_store=store,
             forget_key=self.authenticator.invalidate,
+            grant_store=GrantStore(session_factory(self.engine), _utcnow),
+            audit=self._audit_queue(),
+            audit_store=AuditStore(session_factory(self.engine), _utcnow),
+            # Buckets in Redis when configured (shared by replicas), else per replica.
+            limits=GatewayLimits.from_settings(self.settings),
             lake=RayLake(self.settings).as_service() if self.settings.pools.lake else None,
             spool_dir=self.settings.data_path / "uploads",
             pipelines=(
@@ -112,6 +136,27 @@ class Gateway:
                 launcher=RayJobLauncher(head_addresses(self.settings).dashboard_url),
                 runs=ForgeRunStore.from_engine(self.engine, _utcnow),
             ),
+            # Routes from a cache of aliases and canaries (refreshed in the background);
+            # Cortex's Serve handle is looked up on the first prediction.
+            predict=predict_backend(
+                ModelRegistry(
+                    RegistryStore.from_engine(self.engine, _utcnow),
+                    ArtifactStore(artifacts_root(self.settings)),
+                ),
+                ServeCortex(),
+                refresh_s=self.settings.cortex.route_refresh_s,
+            ),
+        )
+
+    def _audit_queue(self) -> AuditQueue | None:
+        audit = self.settings.audit
+        if not audit.enabled:
+            return None
+        return AuditQueue(
+            AuditStore(session_factory(self.engine), _utcnow),
+            max_pending=audit.queue_size,
+            block_s=audit.block_s,
+            batch_size=audit.batch_size,
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

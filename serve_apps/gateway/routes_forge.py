@@ -22,6 +22,8 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 
 from actors.forge.spec import load_train_spec, run_id_for
 from cluster.errors import NotFoundError
+from cluster.security import grants
+from serve_apps.gateway import access
 from serve_apps.gateway.auth import permission
 from serve_apps.gateway.routes_pipelines import JobLauncher
 
@@ -73,6 +75,9 @@ def forge_router(backend: ForgeBackend) -> APIRouter:
         fresh: bool = False,
     ) -> dict[str, Any]:
         validated = load_train_spec(spec)
+        # A run reads its table and registers its model: model:train must reach both.
+        access.check(request, "model:train", grants.model(validated.model_name))
+        access.check_table(request, "model:train", validated.data.table)
         path = await asyncio.to_thread(write_spec, backend.specs_dir, validated)
         run_id = run_id_for(validated)
         principal = request.state.principal
@@ -92,18 +97,26 @@ def forge_router(backend: ForgeBackend) -> APIRouter:
 
     @router.get("/runs", dependencies=[READ], summary="Training runs, newest first.")
     async def list_runs(
+        request: Request,
         name: Annotated[str | None, Query(max_length=80)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     ) -> list[dict[str, Any]]:
-        return await backend.runs.list(limit=limit, name=name)
+        runs = await backend.runs.list(limit=limit, name=name)
+        return access.visible(request, "model:read", runs, access.model_of_run)
 
     @router.get(
         "/runs/{run_id}",
         dependencies=[READ],
         summary="One run: state, pinned snapshot, per-trial metrics, best trial, model.",
     )
-    async def get_run(run_id: str) -> dict[str, Any]:
+    async def get_run(run_id: str, request: Request) -> dict[str, Any]:
         record = await backend.runs.get(run_id)
+        # A run of a model outside the caller's grants is answered as a missing run.
+        if record is not None and not access.visible(
+            request, "model:read", [record], access.model_of_run
+        ):
+            access.note_denied(request, access.model_of_run(record))
+            record = None
         if record is None:
             raise NotFoundError(
                 kind="training run", name=run_id, fix="list them with GET /api/v1/forge/runs"
@@ -113,7 +126,9 @@ def forge_router(backend: ForgeBackend) -> APIRouter:
     @router.get(
         "/jobs/{submission_id}", dependencies=[READ], summary="The Ray job of a submitted run."
     )
-    async def job_status(submission_id: str) -> dict[str, Any]:
+    async def job_status(submission_id: str, request: Request) -> dict[str, Any]:
+        # A job id names no model: a restricted caller needs model:read on '*'.
+        access.check(request, "model:read", None)
         return await backend.launcher.status(submission_id)
 
     return router

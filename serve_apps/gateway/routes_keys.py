@@ -15,6 +15,18 @@ from cluster.security.principal import Principal
 from cluster.security.rbac import ALLOWED_ROLES
 from serve_apps.gateway.auth import permission
 
+DEFAULT_ROTATION_OVERLAP = timedelta(hours=24)
+
+
+class RotateKey(BaseModel):
+    overlap_s: float | None = Field(
+        None,
+        ge=0,
+        le=90 * 86_400,
+        description="Seconds the old key keeps working beside the new one "
+        "(default: the gateway's auth.rotation_overlap_s).",
+    )
+
 
 class CreateKey(BaseModel):
     role: str = Field(description=f"One of {ALLOWED_ROLES}.")
@@ -28,8 +40,13 @@ def _public(record: ApiKeyRecord) -> dict[str, Any]:
     return body
 
 
-def keys_router(store: KeyStore, forget: Callable[[str], object]) -> APIRouter:
-    """Routes over ``store``; ``forget(key_id)`` drops a revoked key from the auth cache."""
+def keys_router(
+    store: KeyStore,
+    forget: Callable[[str], object],
+    rotation_overlap: timedelta = DEFAULT_ROTATION_OVERLAP,
+) -> APIRouter:
+    """Routes over ``store``; ``forget(key_id)`` drops a revoked or rotated key from the
+    auth cache; ``rotation_overlap`` is the default overlap of a rotation."""
     router = APIRouter(
         prefix="/keys", tags=["keys"], dependencies=[Depends(permission("keys:manage"))]
     )
@@ -46,6 +63,21 @@ def keys_router(store: KeyStore, forget: Callable[[str], object]) -> APIRouter:
             role=body.role, name=body.name, expires_in=expires, created_by=caller.key_id
         )
         return {**_public(record), "key": token}
+
+    @router.post(
+        "/{key_id}/rotate",
+        status_code=201,
+        summary="Issue a successor; the old key works until the overlap ends, then stops.",
+    )
+    async def rotate_key(
+        key_id: str, request: Request, body: RotateKey | None = None
+    ) -> dict[str, Any]:
+        caller: Principal = request.state.principal
+        overlap_s = None if body is None else body.overlap_s
+        overlap = rotation_overlap if overlap_s is None else timedelta(seconds=overlap_s)
+        record, token = await store.rotate(key_id, overlap=overlap, actor=caller.key_id)
+        forget(key_id)  # this replica re-reads the old key's shortened expiry at once
+        return {**_public(record), "key": token, "overlap_s": overlap.total_seconds()}
 
     @router.delete("/{key_id}", summary="Revoke a key; it stops working at once here.")
     async def revoke_key(key_id: str) -> dict[str, Any]:

@@ -26,11 +26,17 @@ from actors.lake.formats import encode
 from actors.lake.service import LakeService
 from actors.lake.specs import parse_type
 from cluster.errors import DatapunkError, InvalidInputError
+from cluster.security import grants
+from cluster.security.ratelimit import PayloadTooLargeError
+from serve_apps.gateway import access
 from serve_apps.gateway.auth import permission
+from serve_apps.gateway.decrypt import may_decrypt, may_decrypt_sql
 
 ResultFormat = Literal["json", "csv", "parquet", "arrow"]
-READ = Depends(permission("lake.table:read"))
-WRITE = Depends(permission("lake.table:write"))
+READ_PERMISSION = "lake.table:read"
+WRITE_PERMISSION = "lake.table:write"
+READ = Depends(permission(READ_PERMISSION))
+WRITE = Depends(permission(WRITE_PERMISSION))
 MAX_UPLOAD_BYTES = 2 * 1024**3
 _UPLOAD_TYPES = {
     "text/csv": "csv",
@@ -132,11 +138,11 @@ async def _spool(request: Request, folder: Path, suffix: str) -> Path:
         with out:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > MAX_UPLOAD_BYTES:
-                    raise InvalidInputError(
-                        field="body",
-                        value=f"over {MAX_UPLOAD_BYTES} bytes",
-                        allowed="split the upload into smaller appends",
+                if size > MAX_UPLOAD_BYTES:  # the gateway's limits middleware may be stricter
+                    raise PayloadTooLargeError(
+                        limit_bytes=MAX_UPLOAD_BYTES,
+                        setting="the gateway's upload ceiling",
+                        fix="split the upload into smaller appends",
                     )
                 out.write(chunk)
     except BaseException:
@@ -238,20 +244,34 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
     router = APIRouter(prefix="/lake", tags=["lake"])
 
     @router.get("/namespaces", dependencies=[READ], summary="Namespaces.")
-    async def list_namespaces() -> list[str]:
-        return await lake.list_namespaces()
+    async def list_namespaces(request: Request) -> list[str]:
+        principal = access.principal_of(request)
+        names = await lake.list_namespaces()
+        if not grants.is_restricted(principal):
+            return names
+        return [n for n in names if grants.allowed_within(principal, READ_PERMISSION, n)]
 
     @router.post("/namespaces", status_code=201, dependencies=[WRITE], summary="Create one.")
-    async def create_namespace(body: Namespace) -> dict[str, str]:
+    async def create_namespace(body: Namespace, request: Request) -> dict[str, str]:
+        access.check(request, WRITE_PERMISSION, grants.namespace(body.name))
         await lake.create_namespace(body.name, exist_ok=body.exist_ok)
         return {"namespace": body.name}
 
     @router.get("/tables", dependencies=[READ], summary="Tables, optionally of one namespace.")
-    async def list_tables(namespace: str | None = None) -> list[str]:
-        return await lake.list_tables(namespace)
+    async def list_tables(request: Request, namespace: str | None = None) -> list[str]:
+        principal = access.principal_of(request)
+        if not grants.is_restricted(principal):
+            return await lake.list_tables(namespace)
+        if namespace is not None and not grants.allowed_within(
+            principal, READ_PERMISSION, namespace
+        ):
+            access.check(request, READ_PERMISSION, grants.namespace(namespace))  # 404/403
+        names = await lake.list_tables(namespace)
+        return access.visible(request, READ_PERMISSION, names, grants.table)
 
     @router.post("/tables", status_code=201, dependencies=[WRITE], summary="Create a table.")
-    async def create_table(body: CreateTable) -> dict[str, Any]:
+    async def create_table(body: CreateTable, request: Request) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, body.name)
         return await lake.create_table(
             body.name,
             schema=_arrow_schema(body.columns),
@@ -261,7 +281,8 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         )
 
     @router.get("/tables/{name}", dependencies=[READ], summary="Schema, partitions, snapshots.")
-    async def describe(name: str) -> dict[str, Any]:
+    async def describe(name: str, request: Request) -> dict[str, Any]:
+        access.check_table(request, READ_PERMISSION, name)
         return await lake.describe(name)
 
     @router.post(
@@ -270,6 +291,7 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         summary="Append JSON rows, or a CSV/JSON Lines/Parquet/Arrow upload.",
     )
     async def append(name: str, request: Request, evolve: bool = True) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, name)
         media = request.headers.get("content-type", "application/json").split(";")[0].strip()
         if media == "application/json":
             rows = await _json_rows(lake, name, request)
@@ -301,10 +323,12 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         request: Request,
         key: Annotated[list[str], Query(min_length=1, description="Key column; repeat.")],
     ) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, name)
         return await lake.upsert(name, await _json_rows(lake, name, request), key)
 
     @router.post("/tables/{name}/delete", dependencies=[WRITE], summary="Delete rows by filter.")
-    async def delete(name: str, body: Rows) -> dict[str, Any]:
+    async def delete(name: str, body: Rows, request: Request) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, name)
         return await lake.delete(name, body.filter)
 
     @router.post(
@@ -312,7 +336,8 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         dependencies=[READ],
         summary="Columns and filter pushed down, optionally at a snapshot or time.",
     )
-    async def query(name: str, body: ScanQuery) -> Response:
+    async def query(name: str, body: ScanQuery, request: Request) -> Response:
+        access.check_table(request, READ_PERMISSION, name)
         table = await lake.scan(
             name,
             columns=body.columns,
@@ -320,21 +345,26 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
             snapshot_id=body.snapshot_id,
             as_of=body.as_of,
             limit=body.limit,
+            decrypt=may_decrypt(request, [name]),  # else encrypted columns come masked
         )
         return _result(table, body.format)
 
     @router.post("/sql", dependencies=[READ], summary="Read-only SQL over Lake tables (DuckDB).")
-    async def sql(body: SqlQuery) -> Response:
-        return _result(await lake.sql(body.query, limit=body.limit), body.format)
+    async def sql(body: SqlQuery, request: Request) -> Response:
+        access.check_sql(request, READ_PERMISSION, body.query)  # every table it reads
+        decrypt = may_decrypt_sql(request, body.query)  # else encrypted columns come masked
+        return _result(await lake.sql(body.query, limit=body.limit, decrypt=decrypt), body.format)
 
     @router.get("/tables/{name}/history", dependencies=[READ], summary="Snapshots, oldest first.")
-    async def history(name: str) -> list[dict[str, Any]]:
+    async def history(name: str, request: Request) -> list[dict[str, Any]]:
+        access.check_table(request, READ_PERMISSION, name)
         return await lake.history(name)
 
     @router.post(
         "/tables/{name}/rollback", dependencies=[WRITE], summary="Make an earlier snapshot current."
     )
-    async def rollback(name: str, body: Rollback) -> dict[str, Any]:
+    async def rollback(name: str, body: Rollback, request: Request) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, name)
         return await lake.rollback(name, body.snapshot_id)
 
     @router.post(
@@ -342,7 +372,8 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         dependencies=[WRITE],
         summary="Compact, expire snapshots, remove orphan files.",
     )
-    async def maintain(name: str, body: Maintenance) -> dict[str, Any]:
+    async def maintain(name: str, body: Maintenance, request: Request) -> dict[str, Any]:
+        access.check_table(request, WRITE_PERMISSION, name)
         return await lake.maintain(
             name,
             compact_files=body.compact,

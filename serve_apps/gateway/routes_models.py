@@ -4,6 +4,11 @@ Reads need ``model:read``; moving or removing an alias needs ``model:promote``. 
 ``PUT`` of an alias with a ``holdout`` goes through the promotion gate: when the
 candidate scores worse than the alias's holder, the answer is 409 with the error body
 and the ``decision`` beside it, and the alias stays where it was.
+
+Canaries (``.../aliases/{alias}/canary``) send a share of an alias's traffic to another
+version: ``PUT`` starts or replaces one, ``DELETE`` rolls it back (200 whether or not
+there was one), ``POST .../promote`` moves the alias to it. Reads need ``model:read``,
+the rest ``model:promote``; a state that forbids the command is 409.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from pydantic import BaseModel, Field
 from actors.forge.promotion import Holdout, HoldoutEvaluator, move_alias
 from actors.forge.registry import ModelRegistry
 from cluster.errors import InvalidInputError, PlatformStateError
+from cluster.security import grants
 from cluster.security.principal import Principal
-from serve_apps.gateway.auth import permission
+from serve_apps.gateway import access
+from serve_apps.gateway.openapi import ErrorBody
 
-__all__ = ["AliasMove", "ModelsBackend", "PromotionRefusedError", "models_router"]
+__all__ = ["AliasMove", "CanarySet", "ModelsBackend", "PromotionRefusedError", "models_router"]
 
-READ = Depends(permission("model:read"))
-PROMOTE = Depends(permission("model:promote"))
+# Every route under /models/{name} is checked on that model (scoped grants) as well.
+READ = Depends(access.object_permission("model:read", "model"))
+PROMOTE = Depends(access.object_permission("model:promote", "model"))
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,25 @@ class AliasMove(BaseModel):
     force: bool = Field(False, description="Move without the gate (no holdout).")
 
 
+class CanarySet(BaseModel):
+    """A canary: which version gets what share of the alias's traffic.
+
+    The ranges are checked by the registry, whose 422 names the value and the fix.
+    """
+
+    version: int = Field(description="The version the canary sends traffic to.")
+    percent: float = Field(description="Share of the alias's traffic, strictly 0 to 100.")
+    sticky_key: str | None = Field(
+        None,
+        max_length=200,
+        description="A request header (e.g. X-User) whose value keeps a caller on one side.",
+    )
+    reason: str | None = Field(None, max_length=2000, description="Kept in the canary history.")
+
+
+Reason = Annotated[str | None, Query(max_length=2000, description="Kept in the history.")]
+
+
 def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
@@ -85,8 +112,9 @@ def models_router(backend: ModelsBackend) -> APIRouter:
     router = APIRouter(prefix="/models", tags=["models"])
 
     @router.get("", dependencies=[READ], summary="Models with latest version and aliases.")
-    async def list_models() -> list[dict[str, Any]]:
-        return await registry.models()
+    async def list_models(request: Request) -> list[dict[str, Any]]:
+        models = await registry.models()
+        return access.visible(request, "model:read", models, lambda m: grants.model(m["name"]))
 
     @router.get("/{name}", dependencies=[READ], summary="A model with all its versions.")
     async def show_model(name: str) -> dict[str, Any]:
@@ -129,12 +157,19 @@ def models_router(backend: ModelsBackend) -> APIRouter:
         dependencies=[PROMOTE],
         summary="Point an alias at a version: through the gate on a holdout, or forced.",
         response_model=None,
-        responses={409: {"description": "The gate refused; the body holds the decision."}},
+        responses={
+            409: {
+                "model": ErrorBody,
+                "description": "The gate refused; `decision` beside `error` says why.",
+            }
+        },
     )
     async def put_alias(
         name: str, alias: str, move: AliasMove, request: Request
     ) -> dict[str, Any] | Response:
         caller: Principal = request.state.principal
+        if move.holdout is not None:  # the gate reads this table on the caller's behalf
+            access.check_table(request, "lake.table:read", move.holdout.table)
         decision = await move_alias(
             registry,
             name,
@@ -161,4 +196,70 @@ def models_router(backend: ModelsBackend) -> APIRouter:
         caller: Principal = request.state.principal
         return await registry.remove_alias(name, alias, actor=caller.key_id)
 
+    _canary_routes(router, registry)
     return router
+
+
+def _canary_routes(router: APIRouter, registry: ModelRegistry) -> None:
+    """``/{name}/canaries`` and ``/{name}/aliases/{alias}/canary``."""
+
+    @router.get("/{name}/canaries", dependencies=[READ], summary="The model's active canaries.")
+    async def list_canaries(name: str) -> list[dict[str, Any]]:
+        return await registry.canaries(name)
+
+    @router.get(
+        "/{name}/canaries/history",
+        dependencies=[READ],
+        summary="Canary starts, replacements, rollbacks, promotions and stops, oldest first.",
+    )
+    async def canary_history(
+        name: str, alias: Annotated[str | None, Query(description="Only this alias.")] = None
+    ) -> list[dict[str, Any]]:
+        return await registry.canary_history(name, alias)
+
+    @router.put(
+        "/{name}/aliases/{alias}/canary",
+        dependencies=[PROMOTE],
+        summary="Send a share of an alias's traffic to another version (replaces its canary).",
+    )
+    async def put_canary(
+        name: str, alias: str, body: CanarySet, request: Request
+    ) -> dict[str, Any]:
+        caller: Principal = request.state.principal
+        return await registry.set_canary(
+            name,
+            alias,
+            version=body.version,
+            percent=body.percent,
+            sticky_key=body.sticky_key,
+            actor=caller.key_id,
+            reason=body.reason,
+        )
+
+    @router.delete(
+        "/{name}/aliases/{alias}/canary",
+        dependencies=[PROMOTE],
+        summary="Roll back: all of the alias's traffic to its version (200 if none was set).",
+    )
+    async def delete_canary(
+        name: str, alias: str, request: Request, reason: Reason = None
+    ) -> dict[str, Any]:
+        caller: Principal = request.state.principal
+        removed = await registry.clear_canary(name, alias, actor=caller.key_id, reason=reason)
+        return {
+            "name": name,
+            "alias": alias,
+            "rolled_back": removed is not None,
+            "canary": removed,
+        }
+
+    @router.post(
+        "/{name}/aliases/{alias}/canary/promote",
+        dependencies=[PROMOTE],
+        summary="Move the alias to its canary's version and end the canary.",
+    )
+    async def promote_canary(
+        name: str, alias: str, request: Request, reason: Reason = None
+    ) -> dict[str, Any]:
+        caller: Principal = request.state.principal
+        return await registry.promote_canary(name, alias, actor=caller.key_id, reason=reason)

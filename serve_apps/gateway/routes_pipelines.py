@@ -12,10 +12,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
+from actors.ingest.spec import load_pipeline
 from actors.ingest.state import IngestState
 from cluster.errors import InvalidInputError, NotFoundError
+from cluster.security import grants
+from serve_apps.gateway import access
 from serve_apps.gateway.auth import permission
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
@@ -59,8 +62,12 @@ def pipelines_router(folder: Path, launcher: JobLauncher, state: IngestState) ->
         dependencies=[Depends(permission("pipeline:run"))],
         summary="Submit a run as a Ray job; poll its status with the returned id.",
     )
-    async def submit_run(name: str) -> dict[str, Any]:
+    async def submit_run(name: str, request: Request) -> dict[str, Any]:
         path = await asyncio.to_thread(pipeline_file, folder, name)
+        if grants.is_restricted(access.principal_of(request)):
+            # Scoped grants name tables: the one this pipeline writes.
+            spec = await asyncio.to_thread(load_pipeline, path)
+            access.check_table(request, "pipeline:run", spec.sink.table)
         job = await launcher.submit(f"python -m jobs.ingest {path}", {"datapunk.pipeline": name})
         return {"pipeline": name, "submission_id": job, "status": "PENDING"}
 

@@ -21,18 +21,28 @@ from pydantic import BaseModel, Field
 
 from actors.ingest.sources.messages import ARROW_STREAM, decode_body
 from actors.stream.decode import SchemaViolation, conform
-from actors.stream.topology import BUILTIN_OUTPUTS, QueueSource, Topology, load_topology
+from actors.stream.topology import (
+    BUILTIN_OUTPUTS,
+    LakeReplaySource,
+    LakeSinkSpec,
+    QueueSource,
+    Topology,
+    load_topology,
+)
 from cluster.errors import DatapunkError, InvalidInputError, ServiceUnavailableError
+from cluster.security import grants
 from cluster.security.principal import Principal
-from serve_apps.gateway.auth import permission
+from serve_apps.gateway import access
 from serve_apps.gateway.middleware import error_body
+from serve_apps.gateway.openapi import ErrorBody
 
 READ_PERMISSION = "stream:read"
 DEPLOY_PERMISSION = "stream:deploy"
 PUBLISH_PERMISSION = "stream:publish"
-READ = Depends(permission(READ_PERMISSION))
-DEPLOY = Depends(permission(DEPLOY_PERMISSION))
-PUBLISH = Depends(permission(PUBLISH_PERMISSION))
+# Every route under /streams/{name} is checked on that stream (scoped grants) as well.
+READ = Depends(access.object_permission(READ_PERMISSION, "stream"))
+DEPLOY = Depends(access.object_permission(DEPLOY_PERMISSION, "stream"))
+PUBLISH = Depends(access.object_permission(PUBLISH_PERMISSION, "stream"))
 MAX_EVENT_BYTES = 8 * 1024**2
 MAX_TAIL_S = 30.0
 SUBSCRIBE_POLL_S = 10.0
@@ -227,6 +237,16 @@ def wanted_outputs(topology: Topology, raw: str | None) -> list[str] | None:
     return names
 
 
+def check_topology(request: Request, topology: Topology) -> None:
+    """A deploy's objects: the stream, the Lake table it replays, the tables it sinks to
+    (its own late and dead-letter tables come with the stream)."""
+    access.check(request, DEPLOY_PERMISSION, grants.stream(topology.name))
+    if isinstance(topology.source, LakeReplaySource):
+        access.check_table(request, "lake.table:read", topology.source.table)
+    sinks = [s.table for s in topology.sinks if isinstance(s, LakeSinkSpec)]
+    access.check_tables(request, "lake.table:write", sinks)
+
+
 # --- HTTP ------------------------------------------------------------------------------
 
 
@@ -235,8 +255,9 @@ def streams_router(streams: StreamOps, *, max_event_bytes: int = MAX_EVENT_BYTES
     router = APIRouter(prefix="/streams", tags=["streams"])
 
     @router.get("", dependencies=[READ], summary="Deployed topologies and their live state.")
-    async def list_streams() -> list[dict[str, Any]]:
-        return await streams.ls()
+    async def list_streams(request: Request) -> list[dict[str, Any]]:
+        listed = await streams.ls()
+        return access.visible(request, READ_PERMISSION, listed, lambda s: grants.stream(s["name"]))
 
     @router.post(
         "",
@@ -250,7 +271,9 @@ def streams_router(streams: StreamOps, *, max_event_bytes: int = MAX_EVENT_BYTES
         fresh: Annotated[bool, Query(description="Drop its checkpoints first.")] = False,
     ) -> dict[str, Any]:
         caller: Principal = request.state.principal
-        return await streams.deploy(load_topology(spec), fresh=fresh, created_by=caller.key_id)
+        topology = load_topology(spec)
+        check_topology(request, topology)
+        return await streams.deploy(topology, fresh=fresh, created_by=caller.key_id)
 
     @router.get("/{name}", dependencies=[READ], summary="A topology's state, counters, queue.")
     async def stream_status(name: str) -> dict[str, Any]:
@@ -284,9 +307,16 @@ def streams_router(streams: StreamOps, *, max_event_bytes: int = MAX_EVENT_BYTES
         dependencies=[PUBLISH],
         summary=f"Queue one message of events: JSON object/array or {ARROW_STREAM}.",
         responses={
-            413: {"description": "Body over the limit."},
-            422: {"description": "Not decodable, or rows that do not fit the schema."},
-            503: {"description": "The queue is full; retry after Retry-After seconds."},
+            413: {"model": ErrorBody, "description": "Body over the limit."},
+            415: {"model": ErrorBody, "description": "Neither JSON nor Arrow IPC."},
+            422: {
+                "model": ErrorBody,
+                "description": "Not decodable, or rows that do not fit the schema.",
+            },
+            503: {
+                "model": ErrorBody,
+                "description": "The queue is full; retry after Retry-After seconds.",
+            },
         },
     )
     async def post_events(

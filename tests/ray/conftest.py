@@ -28,6 +28,9 @@ TEST_SERVE_PORTS = {
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     env = serve_env(load_settings(gateway=TEST_SERVE_PORTS))
+    # A deleted app's direct-ingress replicas wait 30 s for a load balancer to notice them
+    # draining; no balancer stands in front of the tests, and each test deletes its apps.
+    env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
     with private_local_cluster(num_cpus=2, namespace=TEST_NAMESPACE, env=env):
         try:
             yield

@@ -236,3 +236,89 @@ def test_the_gate_scores_with_forges_evaluate_version(
     assert result.exit_code == 0, result.output
     data_path = load_settings().data_path
     assert calls == [(2, "h", 4, "rmse", data_path), (1, "h", 4, "rmse", data_path)]
+
+
+# --- canaries ----------------------------------------------------------------------------
+
+
+def test_canary_show_rollback_and_rollback_again(three_versions: CliRunner) -> None:
+    started = invoke(
+        three_versions, "canary", MODEL, "2", "--percent", "20", "--sticky-key", "X-User",
+        "--reason", "try it",
+    )  # fmt: skip
+    assert started.exit_code == 0, started.output
+    assert "20% to version 2, the rest to version 1, sticky by X-User" in started.stdout
+    (listed,) = with_registry(lambda r: r.canaries(MODEL))
+    assert (listed["alias"], listed["version"], listed["percent"]) == ("production", 2, 20.0)
+    assert listed["created_by"].startswith("cli")
+
+    shown = invoke(three_versions, "show", MODEL)
+    assert shown.exit_code == 0, shown.output
+    assert "canaries of churn" in shown.stdout and "20%" in shown.stdout
+    assert "X-User" in shown.stdout
+    as_json = json.loads(invoke(three_versions, "show", MODEL, "--json").stdout)
+    assert [(c["alias"], c["version"]) for c in as_json["canaries"]] == [("production", 2)]
+
+    rolled = invoke(three_versions, "rollback", MODEL, "--reason", "errors up")
+    assert rolled.exit_code == 0, rolled.output
+    assert "rolled back churn production" in rolled.stdout
+    assert "20% to version 2" in rolled.stdout and "all traffic goes to version 1" in rolled.stdout
+    assert with_registry(lambda r: r.canaries()) == []
+    again = invoke(three_versions, "rollback", MODEL, "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout) == {
+        "name": MODEL,
+        "alias": "production",
+        "rolled_back": False,
+        "canary": None,
+        "version": 1,
+    }
+    assert "canaries of" not in invoke(three_versions, "show", MODEL).stdout
+    events = with_registry(lambda r: r.canary_history(MODEL))
+    assert [(e["action"], e["reason"]) for e in events] == [
+        ("start", "try it"),
+        ("rollback", "errors up"),
+    ]
+
+
+def test_canary_replace_and_promote(three_versions: CliRunner) -> None:
+    invoke(three_versions, "canary", MODEL, "2", "--percent", "10")
+    replaced = invoke(three_versions, "canary", MODEL, "3", "--percent", "12.5", "--json")
+    assert replaced.exit_code == 0, replaced.output
+    record = json.loads(replaced.stdout)
+    assert (record["version"], record["percent"], record["replaced"]["version"]) == (3, 12.5, 2)
+    promoted = invoke(three_versions, "canary-promote", MODEL, "--reason", "green")
+    assert promoted.exit_code == 0, promoted.output
+    assert "version 1 -> 3" in promoted.stdout and "12.5% canary" in promoted.stdout
+    assert with_registry(lambda r: r.version(MODEL, "production"))["version"] == 3
+    events = json.loads(invoke(three_versions, "history", MODEL, "--json").stdout)
+    assert (events[-1]["from_version"], events[-1]["to_version"], events[-1]["reason"]) == (
+        1,
+        3,
+        "green",
+    )
+    twice = one_error_line(invoke(three_versions, "canary-promote", MODEL))
+    assert "canary of alias 'production'" in twice and "does not exist" in twice
+
+
+def test_canary_errors_are_one_line(three_versions: CliRunner) -> None:
+    assert "between 0 and 100" in one_error_line(
+        invoke(three_versions, "canary", MODEL, "2", "--percent", "100")
+    )
+    assert "header name" in one_error_line(
+        invoke(three_versions, "canary", MODEL, "2", "--percent", "5", "--sticky-key", "a b")
+    )
+    assert "already points at version 1" in one_error_line(
+        invoke(three_versions, "canary", MODEL, "1", "--percent", "5")
+    )
+    assert "versions: 1 to 3" in one_error_line(
+        invoke(three_versions, "canary", MODEL, "9", "--percent", "5")
+    )
+    assert "aliases: production" in one_error_line(
+        invoke(three_versions, "canary", MODEL, "2", "--percent", "5", "--alias", "staging")
+    )
+    assert "datapunk models canary" in one_error_line(
+        invoke(three_versions, "canary-promote", MODEL)
+    )
+    assert "registered models: churn" in one_error_line(invoke(three_versions, "rollback", "x"))
+    assert with_registry(lambda r: r.canaries()) == []

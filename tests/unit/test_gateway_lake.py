@@ -357,6 +357,7 @@ WRITES = {
     ("POST", "/tables/{name}/delete"): {"json": {"filter": "id = 1"}},
     ("POST", "/tables/{name}/rollback"): {"json": {"snapshot_id": 1}},
     ("POST", "/tables/{name}/maintenance"): {"json": {"compact": True}},
+    ("POST", "/tables/{name}/sensitive"): {"json": {"columns": ["region"]}},
 }
 
 
@@ -537,7 +538,7 @@ async def test_bad_bodies_are_422(seeded: Api) -> None:
     assert await seeded.ok("GET", "/tables") == [TABLE]
 
 
-async def test_an_upload_over_the_limit_is_422_and_leaves_no_spool_file(
+async def test_an_upload_over_the_limit_is_413_and_leaves_no_spool_file(
     seeded: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(routes_lake, "MAX_UPLOAD_BYTES", 64)
@@ -547,7 +548,7 @@ async def test_an_upload_over_the_limit_is_422_and_leaves_no_spool_file(
         content=CSV_BODY * 4,
         headers={"Content-Type": "text/csv"},
     )
-    assert "over 64 bytes" in lake_error(reply, 422, "invalid_input")
+    assert "over 64 bytes" in lake_error(reply, 413, "payload_too_large")
     seeded.assert_spool_empty()
     assert [r["id"] for r in await seeded.rows()] == [1, 2]
 

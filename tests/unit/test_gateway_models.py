@@ -265,3 +265,143 @@ async def test_a_server_that_cannot_score_refuses_gated_moves(data_dir: Path) ->
         )
         assert reply.status_code == 409
         assert "cannot score holdouts" in error_of(reply)["message"]
+
+
+# --- canaries ----------------------------------------------------------------------------
+
+CANARY = f"/{MODEL}/aliases/production/canary"
+
+
+@pytest.fixture
+async def in_production(registered: Api) -> Api:
+    """Versions 1 to 3 with ``production`` at version 1."""
+    await registered.registry.set_alias(MODEL, "production", 1, actor="cli:ana")
+    return registered
+
+
+async def test_canary_writes_need_model_promote(in_production: Api) -> None:
+    api = in_production
+    body = {"version": 2, "percent": 20}
+    for role in (Role.ANALYST, Role.SERVICE):
+        writes = [
+            await api.call("PUT", CANARY, role=role, json=body),
+            await api.call("DELETE", CANARY, role=role),
+            await api.call("POST", CANARY + "/promote", role=role),
+        ]
+        for reply in writes:
+            assert reply.status_code == 403, (role, reply.text)
+            assert "model:promote" in error_of(reply)["message"]
+    assert (await api.call("GET", f"/{MODEL}/canaries", role=Role.ANALYST)).status_code == 200
+    assert (await api.call("GET", f"/{MODEL}/canaries", role=Role.SERVICE)).status_code == 403
+    for method, path in (("GET", f"/{MODEL}/canaries"), ("PUT", CANARY), ("DELETE", CANARY)):
+        reply = await api.call(method, path, role=None, json=body if method == "PUT" else None)
+        assert reply.status_code == 401, path
+    assert await api.registry.canaries() == [] and await api.registry.canary_history(MODEL) == []
+
+
+async def test_canary_set_replace_rollback_and_promote(in_production: Api) -> None:
+    api = in_production
+    whoami = await api.http.get("/api/v1/whoami", headers={"X-API-Key": api.keys[Role.ENGINEER]})
+    key_id = whoami.json()["key_id"]
+    started = await api.call(
+        "PUT", CANARY, json={"version": 2, "percent": 20, "sticky_key": "X-User", "reason": "try"}
+    )
+    assert started.status_code == 200, started.text
+    assert {k: started.json()[k] for k in ("version", "percent", "sticky_key", "created_by")} == {
+        "version": 2,
+        "percent": 20.0,
+        "sticky_key": "X-User",
+        "created_by": key_id,
+    }
+    assert started.json()["alias_version"] == 1 and started.json()["replaced"] is None
+    replaced = await api.call("PUT", CANARY, json={"version": 3, "percent": 5.5})
+    assert replaced.json()["replaced"]["version"] == 2
+    (listed,) = (await api.call("GET", f"/{MODEL}/canaries", role=Role.ANALYST)).json()
+    assert (listed["alias"], listed["version"], listed["percent"], listed["sticky_key"]) == (
+        "production",
+        3,
+        5.5,
+        None,
+    )
+
+    rolled = await api.call("DELETE", CANARY, params={"reason": "errors up"})
+    assert rolled.status_code == 200
+    assert (rolled.json()["rolled_back"], rolled.json()["canary"]["version"]) == (True, 3)
+    again = await api.call("DELETE", CANARY)
+    assert again.status_code == 200 and again.json() == {
+        "name": MODEL,
+        "alias": "production",
+        "rolled_back": False,
+        "canary": None,
+    }
+    assert (await api.call("GET", f"/{MODEL}/canaries")).json() == []
+
+    await api.call("PUT", CANARY, json={"version": 3, "percent": 50})
+    promoted = await api.call("POST", CANARY + "/promote", params={"reason": "looks good"})
+    assert promoted.status_code == 200, promoted.text
+    assert (promoted.json()["version"], promoted.json()["previous_version"]) == (3, 1)
+    assert (await api.registry.version(MODEL, "production"))["version"] == 3
+    last = (await api.call("GET", f"/{MODEL}/history?alias=production")).json()["events"][-1]
+    assert (last["from_version"], last["to_version"], last["actor"], last["reason"]) == (
+        1,
+        3,
+        key_id,
+        "looks good",
+    )
+    events = (await api.call("GET", f"/{MODEL}/canaries/history", role=Role.ANALYST)).json()
+    assert [e["action"] for e in events] == ["start", "replace", "rollback", "start", "promote"]
+    assert events[2]["reason"] == "errors up"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"version": 2, "percent": 0}, "percent=0.0"),
+        ({"version": 2, "percent": 100}, "percent=100.0"),
+        ({"version": 2, "percent": -3}, "percent=-3.0"),
+        ({"version": 2, "percent": 10, "sticky_key": "X User"}, "sticky_key='X User'"),
+        ({"version": 0, "percent": 10}, "version=0"),
+        ({"percent": 10}, "version"),
+        ({"version": 2}, "percent"),
+        ({"version": "two", "percent": 10}, "version"),
+    ],
+)
+async def test_bad_canary_bodies_are_422_naming_the_value(
+    in_production: Api, body: dict[str, Any], named: str
+) -> None:
+    reply = await in_production.call("PUT", CANARY, json=body)
+    assert reply.status_code == 422, reply.text
+    error = error_of(reply)
+    assert error["code"] == "invalid_input" and named in error["message"]
+    assert await in_production.registry.canaries() == []
+
+
+async def test_canary_404s_and_409s(in_production: Api) -> None:
+    api = in_production
+    for method, path in (
+        ("GET", "/ghost/canaries"),
+        ("PUT", "/ghost/aliases/production/canary"),
+        ("DELETE", "/ghost/aliases/production/canary"),
+        ("POST", "/ghost/aliases/production/canary/promote"),
+    ):
+        body = {"version": 2, "percent": 10} if method == "PUT" else None
+        reply = await api.call(method, path, json=body)
+        assert reply.status_code == 404, (path, reply.text)
+        assert "registered models: churn" in error_of(reply)["message"]
+    staging = await api.call(
+        "PUT", f"/{MODEL}/aliases/staging/canary", json={"version": 2, "percent": 10}
+    )
+    assert staging.status_code == 404 and "aliases: production" in error_of(staging)["message"]
+    version = await api.call("PUT", CANARY, json={"version": 7, "percent": 10})
+    assert version.status_code == 404 and "versions: 1 to 3" in error_of(version)["message"]
+    nothing = await api.call("POST", CANARY + "/promote")
+    assert nothing.status_code == 404 and "datapunk models canary" in error_of(nothing)["message"]
+
+    same = await api.call("PUT", CANARY, json={"version": 1, "percent": 10})
+    assert same.status_code == 409
+    assert error_of(same)["code"] == "canary_conflict"
+    assert "already points at version 1" in error_of(same)["message"]
+    await api.call("PUT", CANARY, json={"version": 2, "percent": 10})
+    removal = await api.call("DELETE", f"/{MODEL}/aliases/production")
+    assert removal.status_code == 409 and "rollback" in error_of(removal)["message"]
+    assert (await api.registry.version(MODEL, "production"))["version"] == 1

@@ -34,9 +34,13 @@ def test_admin_has_everything() -> None:
     assert permissions_of(Role.ADMIN) == frozenset(Permission)
 
 
-def test_engineer_has_everything_but_key_management() -> None:
-    assert permissions_of("engineer") == frozenset(Permission) - {Permission.KEYS_MANAGE}
-    for permission in ("lake.table:write", "stream:deploy", "model:promote", "pipeline:run"):
+def test_engineer_has_everything_but_identities_and_audit() -> None:
+    assert permissions_of("engineer") == frozenset(Permission) - {
+        Permission.KEYS_MANAGE,
+        Permission.USERS_MANAGE,
+        Permission.AUDIT_READ,
+    }
+    for permission in ("lake.table:write", "stream:deploy", "model:promote", "lake.table:decrypt"):
         assert has_permission("engineer", permission)
 
 
