@@ -2,7 +2,9 @@
 
 Brings a private platform up exactly as ``datapunk up`` does (its own data dir and
 ports, embedded adapters, one Cortex replica so the two modes meet the same hardware),
-registers an MLP in the registry (16 inputs, three hidden layers of ``--hidden``),
+registers an MLP in the registry (16 inputs, three hidden layers of ``--hidden``, 4096
+by default: a one-row forward pass is bound by reading its weights, as in real inference
+of a large model, so batching has something to win),
 points ``production`` at it and sends one-row predictions at concurrency 1, 16 and 64:
 
 * through the Serve handle from this driver: ``predict`` (batched) versus
@@ -407,7 +409,7 @@ def targets(rows: list[Row], compute_ms: float, settings: Settings) -> list[Targ
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_SCALE:g}x the requests")
-    parser.add_argument("--hidden", type=int, default=1024, help="width of each hidden layer")
+    parser.add_argument("--hidden", type=int, default=4096, help="width of each hidden layer")
     parser.add_argument("--batch", type=int, default=64, help="cortex.max_batch_size")
     return parser.parse_args(argv)
 

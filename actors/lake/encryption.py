@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -174,10 +174,16 @@ class LakeEncryption:
     # --- writes --------------------------------------------------------------------
 
     def seal(
-        self, table: str, properties: Mapping[str, str], rows: pa.Table
+        self,
+        table: str,
+        properties: Mapping[str, str],
+        rows: pa.Table,
+        stored_columns: Collection[str] = (),
     ) -> tuple[pa.Table, dict[str, str]]:
         """``rows`` with their sensitive columns encrypted, and properties to record.
 
+        ``stored_columns`` are the table's current columns: a sensitive one among them
+        that is not encrypted holds plaintext, and sealed bytes cannot join it.
         Cheap for a table without sensitive columns (one dictionary lookup).
         """
         wanted = sensitive_columns(properties)
@@ -190,6 +196,13 @@ class LakeEncryption:
                 continue
             values = rows.column(name)
             column = known.get(name)
+            if column is None and name in stored_columns:
+                raise invalid(
+                    "column",
+                    name,
+                    f"{table}.{name} is declared sensitive but holds plaintext; encrypt it "
+                    f"with `datapunk lake protect {table} {name}` first",
+                )
             if column is None:  # first data for a column declared sensitive in advance
                 column = self._describe(table, name, values.type)
                 updates[ENCRYPTED_PREFIX + name] = column.to_json()

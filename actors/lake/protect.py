@@ -51,8 +51,12 @@ def protect_columns(
     if not columns:
         raise invalid("columns", columns, "name at least one column")
     current = sensitive_columns(table.properties)
-    new = [c for c in dict.fromkeys(columns) if c not in current]
-    present = [c for c in new if c in table.schema().column_names]
+    wanted = list(dict.fromkeys(columns))
+    new = [c for c in wanted if c not in current]
+    # Plaintext to rewrite: named columns the table holds that are not encrypted yet
+    # (declared just now, or declared before but added as plaintext by hand).
+    sealed_already = encrypted_columns(table.properties)
+    present = [c for c in wanted if c in table.schema().column_names and c not in sealed_already]
     _refuse_layout_columns(name, table, present)
     declared = {SENSITIVE_PROPERTY: ",".join([*current, *new])}
     table = single_attempt_commits(table)
@@ -75,7 +79,7 @@ def protect_columns(
     else:
         tx.set_properties(declared)
     older = len(table.snapshots()) if rewritten else 0  # each may hold plaintext files
-    committed = tx.commit_transaction() if new else table
+    committed = tx.commit_transaction() if (new or present) else table
     return {
         "table": name,
         "sensitive": sensitive_columns(committed.properties),

@@ -261,7 +261,8 @@ class TableWriter:
         table = single_attempt_commits(self._tables.load(parsed)[1])
         recorded: dict[str, str] = {}
         if self._crypto is not None:
-            rows, recorded = self._crypto.seal(parsed.full, table.properties, rows)
+            stored = table.schema().column_names
+            rows, recorded = self._crypto.seal(parsed.full, table.properties, rows, stored)
         plan = plan_write(parsed.full, table.schema(), rows.schema, evolve=evolve)
         conformed = conform(rows, plan)
         tx = transaction(table)

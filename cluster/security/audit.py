@@ -64,9 +64,12 @@ def outcome_of(status: int, denied: bool = False) -> Outcome:
     return "error" if status >= 400 else "ok"
 
 
-def should_audit(method: str, status: int, denied: bool = False) -> bool:
-    """Mutating calls always; any other call only when it was denied."""
-    return method.upper() in MUTATING_METHODS or outcome_of(status, denied) == "denied"
+def should_audit(method: str, status: int, denied: bool = False, read_only: bool = False) -> bool:
+    """Mutating calls always; any other call only when it was denied. ``read_only`` marks
+    a POST that changes nothing (a prediction, a query with its body): audited only when
+    denied, so the hottest routes do not serialise on the audit chain."""
+    mutating = method.upper() in MUTATING_METHODS and not read_only
+    return mutating or outcome_of(status, denied) == "denied"
 
 
 def _clean(value: str | None, limit: int) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.ingest.state import IngestState
@@ -168,7 +168,12 @@ def _health_routes(app: FastAPI, deps: GatewayDeps) -> None:
         }
         return JSONResponse(body, status_code=503)
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus text exposition.")
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Prometheus text exposition.",
+        response_class=PlainTextResponse,  # documented as text/plain, which it is
+    )
     async def metrics() -> Response:
         return Response(deps.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -207,7 +212,12 @@ def _v1_router(deps: GatewayDeps) -> APIRouter:
 
     if deps.key_store is not None:
         router.include_router(
-            keys_router(deps.key_store, deps.forget_key, deps.key_rotation_overlap)
+            keys_router(
+                deps.key_store,
+                deps.forget_key,
+                deps.key_rotation_overlap,
+                deps.grant_store,
+            )
         )
     if deps.auth is not None:
         router.include_router(auth_router(deps.auth))

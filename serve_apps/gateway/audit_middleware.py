@@ -28,6 +28,11 @@ from serve_apps.gateway.middleware import route_template
 _SOCKET_CLOSE_BASE = 4000
 
 
+# A route declaring ``openapi_extra=READ_ONLY`` is a POST that changes nothing.
+READ_ONLY_KEY = "x-datapunk-read-only"
+READ_ONLY: dict[str, Any] = {READ_ONLY_KEY: True}
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -59,7 +64,8 @@ def audit_draft(scope: Scope, status: int, at: datetime) -> AuditDraft | None:
     state: Mapping[str, Any] = scope.get("state") or {}
     method = str(scope.get("method", "WS")) if scope["type"] == "http" else "WS"
     denied = bool(state.get(AUDIT_DENIED))
-    if not should_audit(method, status, denied):
+    extra = getattr(scope.get("route"), "openapi_extra", None) or {}
+    if not should_audit(method, status, denied, read_only=bool(extra.get(READ_ONLY_KEY))):
         return None
     principal = state.get("principal")
     client = scope.get("client")

@@ -12,13 +12,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from actors.lake.service import LakeService
 from cluster.security import grants
 from cluster.security.rbac import Permission
 from serve_apps.gateway import access
 from serve_apps.gateway.auth import permission
+from serve_apps.gateway.bodies import StrictBody
 
 DECRYPT = Permission.LAKE_TABLE_DECRYPT
 
@@ -39,7 +40,7 @@ def may_decrypt_sql(request: Request, query: str) -> bool:
     return may_decrypt(request, referenced_tables(query))
 
 
-class Sensitive(BaseModel):
+class Sensitive(StrictBody):
     columns: list[str] = Field(
         min_length=1, description="Columns to store encrypted from now on.", examples=[["email"]]
     )

@@ -23,6 +23,7 @@ from cluster.security.rbac import permissions_of
 from cluster.security.sessions import SessionService
 from cluster.security.user_store import UserRecord
 from serve_apps.gateway.auth import credentials_from
+from serve_apps.gateway.bodies import StrictBody
 from serve_apps.gateway.openapi import ErrorBody
 
 _ERROR = {
@@ -40,7 +41,7 @@ class AuthBackend:
     now: Callable[[], datetime]
 
 
-class LoginBody(BaseModel):
+class LoginBody(StrictBody):
     username: str = Field(min_length=1, max_length=100, description="The account's name.")
     password: SecretStr = Field(min_length=1, max_length=1024, description="Its password.")
     otp: SecretStr | None = Field(
@@ -51,13 +52,13 @@ class LoginBody(BaseModel):
     )
 
 
-class RefreshBody(BaseModel):
+class RefreshBody(StrictBody):
     refresh_token: SecretStr = Field(
         min_length=1, max_length=4096, description="The refresh token of the last login."
     )
 
 
-class ConfirmBody(BaseModel):
+class ConfirmBody(StrictBody):
     otp: SecretStr = Field(
         min_length=1, max_length=16, description="The code the authenticator app shows now."
     )

@@ -12,23 +12,24 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cluster.errors import InvalidInputError
 from cluster.security.grant_store import GrantRecord, GrantStore
 from cluster.security.grants import SCOPE_FORMS, make_grant
 from serve_apps.gateway.access import principal_of
 from serve_apps.gateway.auth import permission
+from serve_apps.gateway.bodies import StrictBody
 
 MAX_GRANTS = 500
 
 
-class GrantIn(BaseModel):
+class GrantIn(StrictBody):
     permission: str = Field(min_length=1, max_length=64, examples=["lake.table:read"])
     scope: str = Field(min_length=1, max_length=300, description=SCOPE_FORMS)
 
 
-class GrantSet(BaseModel):
+class GrantSet(StrictBody):
     grants: list[GrantIn] = Field(
         max_length=MAX_GRANTS, description="The key's whole set; empty: unrestricted."
     )

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.types as pat
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 
 from actors.lake.errors import SchemaMismatchError
@@ -29,7 +29,9 @@ from cluster.errors import DatapunkError, InvalidInputError
 from cluster.security import grants
 from cluster.security.ratelimit import PayloadTooLargeError
 from serve_apps.gateway import access
+from serve_apps.gateway.audit_middleware import READ_ONLY
 from serve_apps.gateway.auth import permission
+from serve_apps.gateway.bodies import StrictBody
 from serve_apps.gateway.decrypt import may_decrypt, may_decrypt_sql
 
 ResultFormat = Literal["json", "csv", "parquet", "arrow"]
@@ -49,7 +51,7 @@ _UPLOAD_TYPES = {
 }
 
 
-class ColumnSpec(BaseModel):
+class ColumnSpec(StrictBody):
     name: str = Field(min_length=1)
     type: str = Field(
         description="long, int, double, float, string, boolean, date, "
@@ -58,12 +60,12 @@ class ColumnSpec(BaseModel):
     required: bool = False
 
 
-class Namespace(BaseModel):
+class Namespace(StrictBody):
     name: str = Field(min_length=1, examples=["sales"])
     exist_ok: bool = False
 
 
-class CreateTable(BaseModel):
+class CreateTable(StrictBody):
     name: str = Field(description="namespace.table (namespace 'default' when omitted)")
     columns: list[ColumnSpec] = Field(min_length=1)
     partition_by: list[str] = Field(default_factory=list, examples=[["day(ts)", "bucket(16, id)"]])
@@ -71,7 +73,7 @@ class CreateTable(BaseModel):
     properties: dict[str, str] = Field(default_factory=dict)
 
 
-class ScanQuery(BaseModel):
+class ScanQuery(StrictBody):
     columns: list[str] | None = None
     filter: str | None = Field(None, examples=["amount > 10 and region = 'eu'"])
     snapshot_id: int | None = None
@@ -80,7 +82,7 @@ class ScanQuery(BaseModel):
     format: ResultFormat = "json"
 
 
-class SqlQuery(BaseModel):
+class SqlQuery(StrictBody):
     query: str = Field(
         min_length=1, examples=["SELECT region, sum(amount) FROM sales.orders GROUP BY region"]
     )
@@ -88,21 +90,37 @@ class SqlQuery(BaseModel):
     format: ResultFormat = "json"
 
 
-class Rows(BaseModel):
+class Rows(StrictBody):
     filter: str = Field(min_length=1, description="Rows matching this are deleted.")
 
 
-class Rollback(BaseModel):
+class Rollback(StrictBody):
     snapshot_id: int
 
 
-class Maintenance(BaseModel):
+class Maintenance(StrictBody):
     compact: bool = True
     expire_older_than_s: float | None = Field(None, ge=0)
     retain_last: int = Field(1, ge=1)
     remove_orphans: bool = False
     orphan_older_than_s: float | None = Field(None, ge=0)
     dry_run: bool = False
+
+
+# What a query answers, by its ``format``: documented so the OpenAPI says all four.
+RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The rows, encoded as `format` asks; X-Row-Count says how many.",
+        "content": {
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+            "text/csv": {"schema": {"type": "string"}},
+            "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+            "application/vnd.apache.arrow.stream": {
+                "schema": {"type": "string", "format": "binary"}
+            },
+        },
+    }
+}
 
 
 def _arrow_schema(columns: list[ColumnSpec]) -> pa.Schema:
@@ -334,7 +352,10 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
     @router.post(
         "/tables/{name}/query",
         dependencies=[READ],
+        openapi_extra=READ_ONLY,
         summary="Columns and filter pushed down, optionally at a snapshot or time.",
+        response_class=Response,
+        responses=RESULT_RESPONSES,
     )
     async def query(name: str, body: ScanQuery, request: Request) -> Response:
         access.check_table(request, READ_PERMISSION, name)
@@ -349,7 +370,14 @@ def lake_router(lake: LakeService, spool_dir: Path) -> APIRouter:
         )
         return _result(table, body.format)
 
-    @router.post("/sql", dependencies=[READ], summary="Read-only SQL over Lake tables (DuckDB).")
+    @router.post(
+        "/sql",
+        dependencies=[READ],
+        openapi_extra=READ_ONLY,
+        summary="Read-only SQL over Lake tables (DuckDB).",
+        response_class=Response,
+        responses=RESULT_RESPONSES,
+    )
     async def sql(body: SqlQuery, request: Request) -> Response:
         access.check_sql(request, READ_PERMISSION, body.query)  # every table it reads
         decrypt = may_decrypt_sql(request, body.query)  # else encrypted columns come masked

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from actors.forge.promotion import Holdout, HoldoutEvaluator, move_alias
 from actors.forge.registry import ModelRegistry
@@ -28,6 +28,7 @@ from cluster.errors import InvalidInputError, PlatformStateError
 from cluster.security import grants
 from cluster.security.principal import Principal
 from serve_apps.gateway import access
+from serve_apps.gateway.bodies import StrictBody
 from serve_apps.gateway.openapi import ErrorBody
 
 __all__ = ["AliasMove", "CanarySet", "ModelsBackend", "PromotionRefusedError", "models_router"]
@@ -60,7 +61,7 @@ class PromotionRefusedError(PlatformStateError):
         )
 
 
-class AliasMove(BaseModel):
+class AliasMove(StrictBody):
     """Where to point an alias, and on what evidence."""
 
     version: int = Field(ge=1, description="The version the alias should point at.")
@@ -75,7 +76,7 @@ class AliasMove(BaseModel):
     force: bool = Field(False, description="Move without the gate (no holdout).")
 
 
-class CanarySet(BaseModel):
+class CanarySet(StrictBody):
     """A canary: which version gets what share of the alias's traffic.
 
     The ranges are checked by the registry, whose 422 names the value and the fix.

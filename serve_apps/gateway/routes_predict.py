@@ -39,6 +39,7 @@ from actors.forge.registry import ALIAS_PATTERN
 from cluster.errors import DatapunkError, InvalidInputError
 from serve_apps.cortex.route_cache import RegistryReader, RouteCache, Target
 from serve_apps.gateway import access
+from serve_apps.gateway.audit_middleware import READ_ONLY
 from serve_apps.gateway.openapi import ErrorBody
 
 __all__ = [
@@ -199,6 +200,7 @@ def predict_router(backend: PredictBackend) -> APIRouter:
     @router.post(
         "/{name}/predict",
         dependencies=[PREDICT],
+        openapi_extra=READ_ONLY,
         summary="Predict with a model's alias (default production) or version.",
         response_model=None,
         responses={

@@ -11,12 +11,13 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from cluster.security.principal import Principal
 from cluster.security.rbac import ALLOWED_ROLES
 from cluster.security.user_store import UserRecord
 from serve_apps.gateway.auth import permission
+from serve_apps.gateway.bodies import StrictBody
 from serve_apps.gateway.openapi import ErrorBody
 from serve_apps.gateway.routes_auth import AuthBackend
 
@@ -26,7 +27,7 @@ _ERROR = {
 }
 
 
-class CreateUser(BaseModel):
+class CreateUser(StrictBody):
     username: str = Field(min_length=1, max_length=100, description="Lower-case login name.")
     password: SecretStr = Field(
         min_length=1, max_length=1024, description="At least 12 characters, not the username."

@@ -87,9 +87,13 @@ class FullGateway:
 
 
 @asynccontextmanager
-async def full_gateway(data_dir: Path, **overrides: Any) -> AsyncIterator[FullGateway]:
-    """Every backend on ``data_dir``; ``overrides`` replace ``GatewayDeps`` fields."""
-    settings = identity_settings(data_dir)
+async def full_gateway(
+    data_dir: Path, settings: Settings | None = None, **overrides: Any
+) -> AsyncIterator[FullGateway]:
+    """Every backend on ``data_dir`` (the platform DB ``settings`` name: SQLite by
+    default, PostgreSQL in integration tests); ``overrides`` replace ``GatewayDeps``
+    fields."""
+    settings = settings or identity_settings(data_dir)
     clock = FakeClock()
     pipelines = data_dir / "pipelines"
     pipelines.mkdir()

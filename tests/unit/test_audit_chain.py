@@ -117,6 +117,26 @@ def test_what_is_audited(
     assert outcome_of(status, denied) == outcome
 
 
+def test_read_only_posts_are_audited_only_when_denied() -> None:
+    # A prediction or a query is a POST that changes nothing: auditing each would put the
+    # chain's lock on the hottest routes.
+    assert not should_audit("POST", 200, read_only=True)
+    assert should_audit("POST", 403, read_only=True)
+    assert should_audit("POST", 401, read_only=True)
+
+    from serve_apps.gateway.audit_middleware import READ_ONLY_KEY
+    from serve_apps.gateway.routes_lake import lake_router
+    from serve_apps.gateway.routes_predict import predict_router
+
+    marked = {
+        route.path
+        for router in (lake_router(None, Path(".")), predict_router(None))  # type: ignore[arg-type]
+        for route in router.routes
+        if (getattr(route, "openapi_extra", None) or {}).get(READ_ONLY_KEY)
+    }
+    assert marked == {"/lake/tables/{name}/query", "/lake/sql", "/models/{name}/predict"}
+
+
 # --- the store on SQLite ---------------------------------------------------------------
 
 

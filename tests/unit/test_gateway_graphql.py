@@ -158,6 +158,23 @@ async def test_preview_is_a_bounded_pushed_down_scan(api: Api) -> None:
     assert f"1 to {MAX_ROWS}" in over["message"]
 
 
+async def test_preview_masks_encrypted_columns_as_rest_does(api: Api) -> None:
+    people = pa.table({"id": [1], "email": ["ana@example.com"]})
+    await api.gw.lake.create_table(
+        "sales.people", schema=people.schema, properties={"datapunk.sensitive": "email"}
+    )
+    await api.gw.lake.append("sales.people", people)
+    query = '{ preview(name: "sales.people") { rows } }'
+    clear = (await api.data(query, Role.ADMIN))["preview"]["rows"]
+    masked = (await api.data(query, Role.ANALYST))["preview"]["rows"]
+    assert clear == [{"id": 1, "email": "ana@example.com"}]
+    assert masked == [{"id": 1, "email": "****"}]
+    rest = await api.http.post(
+        "/api/v1/lake/tables/sales.people/query", json={}, headers=api.gw.headers(Role.ANALYST)
+    )
+    assert rest.json() == masked
+
+
 async def test_model_fields_match_the_rest_routes(api: Api) -> None:
     data = await api.data(
         """{ models { name latestVersion aliases }

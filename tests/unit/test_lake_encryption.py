@@ -476,3 +476,21 @@ async def test_rest_declares_columns_sensitive(api: Api, settings: Settings) -> 
     )
     assert bad.status_code == 422
     assert "comma-separated column names" in error_of(bad)["message"]
+
+
+async def test_a_sensitive_column_added_as_plaintext_takes_no_sealed_bytes(
+    settings: Settings,
+) -> None:
+    lake = LakeService.from_settings(settings)
+    schema = pa.schema([("id", pa.int64())])
+    await lake.create_table("later", schema=schema, properties={SENSITIVE_PROPERTY: "email"})
+    await lake.evolve_schema("later", add={"email": "string"})  # plaintext, by hand
+    rows = pa.table({"id": [1], "email": ["alice@example.com"]})
+    with pytest.raises(InvalidInputError, match=r"datapunk lake protect default\.later email"):
+        await lake.append("later", rows)
+    report = await lake.protect_columns("later", ["email"])  # declared; now encrypted too
+    assert report["rewritten_columns"] == ["email"]
+    assert (await lake.describe("later"))["schema"][1]["encrypted"] is True
+    await lake.append("later", rows)
+    assert (await lake.scan("later", decrypt=True)).to_pylist() == rows.to_pylist()
+    assert_no_plaintext(data_files(settings, "default.later"), ["alice@example.com"])

@@ -211,12 +211,13 @@ async def test_api3_broken_object_property_level_authorization_mass_assignment(
 ) -> None:
     """Needs strict identity bodies (S1, S2): fields a client may not set are refused."""
     admin = gw.keys[Role.ADMIN]
-    for path, body, forged in [
+    cases: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         ("/api/v1/keys", {"role": "analyst"}, {"digest": "0" * 64, "created_by": "key_root"}),
         ("/api/v1/keys", {"role": "analyst"}, {"id": "key_chosen", "revoked_at": None}),
         ("/api/v1/users", {"username": "eve", "password": PASSWORD, "role": "analyst"},
          {"password_hash": "$argon2id$forged", "locked_until": None}),
-    ]:  # fmt: skip
+    ]  # fmt: skip
+    for path, body, forged in cases:
         reply = await call(gw, "POST", path, admin, json={**body, **forged})
         assert reply.status_code == 422, (
             f"POST {path} accepted fields a client may not set {sorted(forged)} "

@@ -171,7 +171,8 @@ async def test_every_route_refuses_bad_credentials(gw: FullGateway) -> None:
 
 
 async def test_every_route_refuses_a_role_without_its_permission(gw: FullGateway) -> None:
-    wrong, checked = [], 0
+    wrong: list[tuple[Any, ...]] = []
+    checked = 0
     async with gw.client() as http:
         for method, route in http_routes(gw):
             for needed in route_permissions(route):
@@ -237,7 +238,7 @@ async def test_every_graphql_field_declares_what_it_demands() -> None:
 async def test_every_graphql_field_refuses_no_bad_credentials_and_a_role_without_it(
     gw: FullGateway,
 ) -> None:
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     async with gw.client() as http:
         for field in root_fields(build_schema()):
             assert field.needs is not None
@@ -284,7 +285,7 @@ async def refusal(gw: FullGateway, path: str, headers: dict[str, str]) -> tuple[
 async def test_every_socket_refuses_no_bad_credentials_and_a_role_without_it(
     gw: FullGateway,
 ) -> None:
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     for route in socket_routes(gw):
         needed = route_permissions(route)
         if not needed:

@@ -22,6 +22,13 @@ from serve_apps.gateway.graphql.context import (
 from serve_apps.gateway.graphql.types import Rows, Snapshot, Table, snapshot_ref
 
 READ = "lake.table:read"
+DECRYPT = "lake.table:decrypt"
+
+
+def may_decrypt(info: GraphQLInfo, table: str) -> bool:
+    """Whether the caller sees ``table``'s encrypted columns in the clear (else masked),
+    by the rule REST's reads follow (``serve_apps/gateway/decrypt.py``)."""
+    return grants.allowed(info.context.principal, DECRYPT, grants.table(table))
 
 
 def lake_of(info: GraphQLInfo) -> LakeService:
@@ -82,5 +89,6 @@ class LakeQuery:
             snapshot_id=snapshot_ref(snapshot_id),
             as_of=as_of,
             limit=bounded(limit, MAX_ROWS),
+            decrypt=may_decrypt(info, name),
         )
         return Rows.of(table)

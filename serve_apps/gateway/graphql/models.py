@@ -32,7 +32,7 @@ from serve_apps.gateway.graphql.context import (
     backend,
     bounded,
 )
-from serve_apps.gateway.graphql.lake import lake_of
+from serve_apps.gateway.graphql.lake import lake_of, may_decrypt
 from serve_apps.gateway.graphql.types import Canary, ModelSummary, ModelVersion, Rows
 from serve_apps.gateway.routes_models import AliasMove, ModelsBackend, PromotionRefusedError
 
@@ -177,7 +177,9 @@ class ModelsQuery:
         await registry_of(info).model(name)  # an unknown model is a 404 naming the known ones
         table = log_table_name(lake.settings.cortex.log_namespace, name)
         authorize(info.context.principal, "lake.table:read", Target("table", table))
-        rows = await lake.scan(table, filter=filter, limit=bounded(limit, MAX_ROWS))
+        rows = await lake.scan(
+            table, filter=filter, limit=bounded(limit, MAX_ROWS), decrypt=may_decrypt(info, table)
+        )
         return Rows.of(rows)
 
 
