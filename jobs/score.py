@@ -60,6 +60,9 @@ from cluster.errors import DatapunkError, InvalidInputError, PlatformStateError
 from cluster.logging import configure_logging
 from cluster.settings import Settings, load_settings
 
+READ_TASK_CPUS = 0.25
+MIN_ACTOR_CPUS = 0.25
+
 
 @dataclass(frozen=True)
 class ScorePlan:
@@ -202,6 +205,19 @@ def _device_and_actors(request: ScoreRequest) -> tuple[str, int]:
     return device, request.actors or default_actors(device, cpus, gpus)
 
 
+def _actor_cpus(device: str, actors: int) -> float:
+    """CPUs each scoring actor reserves: one beside its GPU; on the CPU a fair share of
+    what is free now (at most one each, at least a quarter), leaving room for the reads.
+    A fixed 1 CPU each would wait forever on a 2-CPU head whose gateway and Cortex
+    replicas already hold one."""
+    import ray
+
+    if device == "cuda":
+        return 1.0
+    free = float(ray.available_resources().get("CPU", 0.0)) - READ_TASK_CPUS
+    return max(MIN_ACTOR_CPUS, min(1.0, free / max(actors, 1)))
+
+
 def _quiet_ray_data() -> None:
     """Our progress bar is the display: no Ray Data bars, and its console lines only from
     ERROR up (its session log file, ``logs/ray-data``, keeps everything)."""
@@ -226,14 +242,21 @@ def score_on_ray(
 
     device, actors = _device_and_actors(plan.request)
     _quiet_ray_data()
-    dataset = to_ray_dataset(settings, plan.request.table, plan.snapshot_id)
+    # Reading Parquet is light: a quarter CPU per read task, so reads still schedule
+    # beside the scoring actors on a small cluster whose Serve replicas hold CPUs too.
+    dataset = to_ray_dataset(
+        settings,
+        plan.request.table,
+        plan.snapshot_id,
+        num_cpus=READ_TASK_CPUS,
+    )
     scored = dataset.map_batches(
         BatchScorer,
         fn_constructor_kwargs={"record": plan.record, "artifact": plan.artifact, "device": device},
         batch_size=plan.request.batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=1,
+        num_cpus=_actor_cpus(device, actors),
         num_gpus=1 if device == "cuda" else 0,
     )
     batches: list[pa.Table] = []

@@ -16,7 +16,8 @@ replica that handled it, at once everywhere with Redis (the shared cache), and w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from cluster.cache.port import Cache
 from cluster.security.accounts import AccountService
 from cluster.security.auth_cache import TtlLru
 from cluster.security.auth_errors import TokenError
+from cluster.security.grants import Grant
 from cluster.security.principal import Authenticator, Principal
 from cluster.security.session_store import SessionRecord, SessionStore, new_session_id
 from cluster.security.tokens import TokenClaims, TokenSigner, looks_like_jwt
@@ -134,15 +136,32 @@ def _why_closed(record: SessionRecord | None) -> str:
     return f"expired at {_stamp(record.expires_at)}"
 
 
+# The grants of a user id (grant_store.load_grants over a session).
+GrantLoader = Callable[[str], Awaitable[tuple[Grant, ...]]]
+
+
 class TokenAuthenticator:
     """An ``Authenticator`` for users' access tokens: signature, expiry, open session."""
 
-    def __init__(self, signer: TokenSigner, revoked: RevokedSessions) -> None:
+    def __init__(
+        self,
+        signer: TokenSigner,
+        revoked: RevokedSessions,
+        grants: GrantLoader | None = None,
+        *,
+        grants_ttl_s: float = 5.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._signer = signer
         self._revoked = revoked
+        self._grants = grants
+        self._grants_ttl_s = grants_ttl_s
+        self._monotonic = monotonic
+        self._cached: dict[str, tuple[float, tuple[Grant, ...]]] = {}
 
     async def authenticate(self, token: str) -> Principal:
-        """The user the access ``token`` identifies (``kind="user"``)."""
+        """The user the access ``token`` identifies (``kind="user"``), with the user's
+        grants (a user with grants is restricted to them, as a key is)."""
         claims = self._signer.verify(token, "access")
         await self._revoked.check(claims.session_id)
         assert claims.username is not None and claims.role is not None  # access tokens
@@ -152,7 +171,23 @@ class TokenAuthenticator:
             role=claims.role,
             expires_at=claims.expires_at,
             kind="user",
+            grants=await self._grants_of(claims.subject),
         )
+
+    async def _grants_of(self, user_id: str) -> tuple[Grant, ...]:
+        """Grants are re-read at most every ``grants_ttl_s`` per user (a change reaches
+        every replica within that), not on every request."""
+        if self._grants is None:
+            return ()
+        now = self._monotonic()
+        hit = self._cached.get(user_id)
+        if hit is not None and now - hit[0] < self._grants_ttl_s:
+            return hit[1]
+        grants = await self._grants(user_id)
+        if len(self._cached) > 10_000:
+            self._cached.clear()
+        self._cached[user_id] = (now, grants)
+        return grants
 
 
 class BearerAuthenticator:

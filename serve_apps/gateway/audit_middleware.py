@@ -38,15 +38,8 @@ def _utcnow() -> datetime:
 
 
 def full_route_template(scope: Scope) -> str:
-    """The matched route's whole path template, ``/api/v1/keys/{key_id}/grants``.
-
-    FastAPI keeps included routers nested, so ``scope["route"]`` is the innermost route
-    with its own router's prefix only; the template as served is on the effective route
-    context FastAPI records in ``scope["fastapi"]``. Read defensively: it is not public.
-    """
-    context = (scope.get("fastapi") or {}).get("effective_route_context")
-    path = getattr(context, "path_format", None)
-    return path if isinstance(path, str) and path else route_template(scope)
+    """The matched route's whole path template (``middleware.route_template``)."""
+    return route_template(scope)
 
 
 def _target(scope: Scope, state: Mapping[str, Any]) -> str | None:

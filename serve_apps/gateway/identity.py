@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cluster.cache.port import Cache
 from cluster.security.accounts import AccountService, LockoutPolicy
+from cluster.security.grant_store import load_grants
+from cluster.security.grants import Grant
 from cluster.security.passwords import HashParameters, Passwords
 from cluster.security.principal import Authenticator
 from cluster.security.session_store import SessionStore
@@ -61,5 +63,17 @@ def build_identity(
         utcnow=utcnow,
     )
     service = SessionService(accounts, session_store, signer, revoked, utcnow)
-    authenticator = BearerAuthenticator(keys=keys, tokens=TokenAuthenticator(signer, revoked))
+
+    async def user_grants(user_id: str) -> tuple[Grant, ...]:
+        async with sessions() as session:
+            return await load_grants(session, user_id, "user")
+
+    tokens = TokenAuthenticator(
+        signer,
+        revoked,
+        user_grants,
+        grants_ttl_s=settings.gateway.auth_cache_ttl_s,
+        monotonic=monotonic,
+    )
+    authenticator = BearerAuthenticator(keys=keys, tokens=tokens)
     return authenticator, AuthBackend(accounts=accounts, sessions=service, now=utcnow)

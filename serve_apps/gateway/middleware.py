@@ -54,7 +54,17 @@ def error_body(code: str, message: str, request_id: str | None) -> bytes:
 
 
 def route_template(scope: Scope) -> str:
-    """The matched route's path template (bounded label cardinality), or 'unmatched'."""
+    """The matched route's whole path template, ``/api/v1/keys/{key_id}/grants`` (bounded
+    label cardinality), or 'unmatched'.
+
+    FastAPI keeps included routers nested, so ``scope["route"]`` is the innermost route
+    with its own router's prefix only; the template as served is on the effective route
+    context FastAPI records in ``scope["fastapi"]`` (read defensively: not public API).
+    """
+    context = (scope.get("fastapi") or {}).get("effective_route_context")
+    full = getattr(context, "path_format", None)
+    if isinstance(full, str) and full:
+        return full
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "unmatched"

@@ -88,6 +88,8 @@ sink:
 """
 
 
+# One platform for the package. test_platform.py's last test stops it (that `down` leaves
+# nothing behind is a test), so every other e2e file must sort before test_platform.py.
 @pytest.fixture(scope="package")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("e2e")

@@ -84,6 +84,29 @@ async def test_login_gives_a_token_pair_that_authenticates(
     assert denied.status_code == 403 and error_of(denied)["code"] == "permission_denied"
 
 
+async def test_a_users_grants_restrict_their_tokens(
+    ident: Identity, http: httpx.AsyncClient
+) -> None:
+    # A user with grants is narrowed to them exactly as a key is; a grant added later
+    # reaches a live token within the grants' cache time.
+    from cluster.db.engine import create_engine, session_factory
+    from cluster.security.grant_store import UserGrantStore
+    from cluster.security.grants import make_grant
+
+    user = await ident.user("alice", Role.ANALYST)
+    token = (await tokens(http))["access_token"]
+    assert (await http.get("/api/v1/whoami", headers=bearer(token))).json()["grants"] == []
+    engine = create_engine(ident.settings)
+    try:
+        store = UserGrantStore(session_factory(engine), ident.clock.now)
+        await store.replace(user.id, [make_grant("lake.table:read", "table:sales.orders")])
+    finally:
+        await engine.dispose()
+    ident.clock.advance(6)  # past the grants' cache time (gateway.auth_cache_ttl_s, 5 s)
+    shown = (await http.get("/api/v1/whoami", headers=bearer(token))).json()["grants"]
+    assert shown == [{"permission": "lake.table:read", "scope": "table:sales.orders"}]
+
+
 async def test_bad_credentials_are_one_401(ident: Identity, http: httpx.AsyncClient) -> None:
     await ident.user("alice")
     wrong = await login(http, password="not the password")
