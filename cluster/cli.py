@@ -24,6 +24,7 @@ from cluster.cli_ingest import ingest, runs_app
 from cluster.cli_keyring import rotate_master_command
 from cluster.cli_keys import db_app, keys_app
 from cluster.cli_lake import lake_app
+from cluster.cli_logs import logs
 from cluster.cli_models import models_app
 from cluster.cli_stream import stream_app
 from cluster.cli_support import fail, stderr_console
@@ -52,6 +53,7 @@ app.command("train")(train)
 keys_app.command("rotate-master")(rotate_master_command)
 app.add_typer(grants_app, name="grants", help="Scoped grants: narrow a key to objects.")
 app.command("roles")(roles)
+app.command("logs")(logs)
 app.add_typer(audit_app, name="audit", help="The hash-chained audit log: ls, verify.")
 UP_STEPS = 6
 

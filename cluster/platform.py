@@ -232,6 +232,12 @@ def up(settings: Settings, step: Step = _no_step, address: str | None = None) ->
         deploy(settings)
         step("waiting for the gateway to be ready")
         wait_ready(state.gateway_url, verify=client_verify(settings))
+        if settings.consul_url is not None:  # register once ready: the HTTP check passes
+            from cluster.consul import register_platform
+            from cluster.pools import start_heartbeat
+
+            register_platform(settings, state.gateway_url)
+            start_heartbeat(settings)
         resumed = asyncio.run(resume_streams(settings))
         if resumed:
             step(f"resumed stream topologies from their checkpoints: {', '.join(resumed)}")
@@ -258,6 +264,7 @@ def _new_state(settings: Settings, address: str | None) -> PlatformState:
 
 def _teardown(settings: Settings, state: PlatformState) -> int:
     """Remove what ``state`` says we started; return the number of processes stopped."""
+    _deregister(settings)
     host, _, port = state.gcs_address.rpartition(":")
     if not state.started_head and port_open(host, int(port)):
         try:
@@ -270,6 +277,18 @@ def _teardown(settings: Settings, state: PlatformState) -> int:
     stopped = stop_head(state.marker) if state.started_head and state.marker else 0
     PlatformState.clear(settings.state_path)
     return stopped
+
+
+def _deregister(settings: Settings) -> None:
+    """Take our services out of Consul first, so nobody is routed to what stops next."""
+    if settings.consul_url is None:
+        return
+    from cluster.consul import deregister_platform
+
+    try:
+        deregister_platform(settings)
+    except DatapunkError as exc:  # Consul away: stopping the platform still goes on
+        logger.warning("could not deregister from Consul", extra={"error": exc.message})
 
 
 def _remove_apps(settings: Settings, state: PlatformState) -> None:

@@ -7,14 +7,18 @@ the gateway, jobs and the CLI find them by name and ``datapunk up`` is idempoten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
+import threading
 from typing import Any
 
 import ray
 
-from cluster.errors import ServiceUnavailableError
-from cluster.settings import Settings, export_settings
+from cluster.consul import HEARTBEAT_EVERY_S, ConsulRegistry, heartbeat, pool_check_id
+from cluster.errors import DatapunkError, ServiceUnavailableError
+from cluster.logging import configure_logging
+from cluster.settings import Settings, export_settings, settings_from_export
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,8 @@ def stop_pools(settings: Settings) -> int:
                 continue
             ray.kill(handle, no_restart=True)
             killed += 1
+    with contextlib.suppress(ValueError):  # no Consul configured, or already gone
+        ray.kill(ray.get_actor(HEARTBEAT_ACTOR, settings.ray.namespace), no_restart=True)
     return killed
 
 
@@ -101,3 +107,74 @@ async def _ping_one(handle: Any, service: str, name: str, request_id: str | None
             reason=f"actor died ({type(exc).__name__})",
             fix="run `datapunk up` again to restart the actor pools",
         ) from None
+
+
+# --- Consul TTL heartbeat ---------------------------------------------------------------
+
+HEARTBEAT_ACTOR = "consul-heartbeat"
+PING_TIMEOUT_S = 5.0
+
+
+def ping_failures(settings: Settings) -> dict[str, str | None]:
+    """Ping every pool actor: ``{TTL check id: None if it answered, else why not}``."""
+    pending: dict[str, Any] = {}
+    failures: dict[str, str | None] = {}
+    for service, count in pool_sizes(settings).items():
+        for index in range(count):
+            check_id = pool_check_id(service, index)
+            try:
+                handle = ray.get_actor(actor_name(service, index), settings.ray.namespace)
+            except ValueError:
+                failures[check_id] = "actor not found"
+                continue
+            pending[check_id] = handle.ping.remote()
+    for check_id, ref in pending.items():
+        try:
+            ray.get(ref, timeout=PING_TIMEOUT_S)
+            failures[check_id] = None
+        except ray.exceptions.GetTimeoutError:
+            failures[check_id] = f"no answer to ping within {PING_TIMEOUT_S:g} s"
+        except ray.exceptions.RayError as exc:
+            failures[check_id] = f"ping failed ({type(exc).__name__})"
+    return failures
+
+
+@ray.remote(num_cpus=0)
+class ConsulHeartbeat:
+    """Keeps each pool actor's Consul TTL check passing while that actor answers ping.
+
+    One small actor rather than a thread in every pool actor: the pools stay free of
+    Consul, and an actor that hangs (rather than dies) is reported too.
+    """
+
+    def __init__(self, settings_values: dict[str, Any]) -> None:
+        self.settings = settings_from_export(settings_values)
+        configure_logging(self.settings.log_level, service="consul-heartbeat")
+        self.registry = ConsulRegistry(self.settings.secret("consul_url") or "")
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def beat(self) -> dict[str, bool]:
+        """One round: ping the pools, report to Consul; ``{check id: agent knew it}``."""
+        return heartbeat(self.registry, ping_failures(self.settings))
+
+    def _loop(self) -> None:
+        while True:
+            threading.Event().wait(HEARTBEAT_EVERY_S)
+            try:
+                self.beat()
+            except DatapunkError as exc:  # Consul away for a while: keep trying
+                logger.warning("Consul heartbeat failed", extra={"error": exc.message})
+
+
+def start_heartbeat(settings: Settings, timeout_s: float = 30.0) -> dict[str, bool] | None:
+    """With Consul configured, start the heartbeat and report once before returning."""
+    if settings.consul_url is None:
+        return None
+    handle = ConsulHeartbeat.options(  # type: ignore[attr-defined]
+        name=HEARTBEAT_ACTOR,
+        namespace=settings.ray.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(export_settings(settings))
+    result: dict[str, bool] = ray.get(handle.beat.remote(), timeout=timeout_s)
+    return result

@@ -40,10 +40,11 @@ from cluster.logging import remember_secrets
 DEFAULT_CONFIG_PATH = Path("configs/datapunk.yaml")
 Port = int  # constrained per field with ge/le below
 
+# consul://SERVICE is resolved through Consul's catalog at load time (cluster.consul).
 _URL_SCHEMES: dict[str, tuple[str, ...]] = {
-    "database_url": ("sqlite+aiosqlite", "postgresql+asyncpg", "postgresql", "sqlite"),
-    "redis_url": ("redis", "rediss", "unix"),
-    "amqp_url": ("amqp", "amqps"),
+    "database_url": ("sqlite+aiosqlite", "postgresql+asyncpg", "postgresql", "sqlite", "consul"),
+    "redis_url": ("redis", "rediss", "unix", "consul"),
+    "amqp_url": ("amqp", "amqps", "consul"),
     "consul_url": ("http", "https"),
     "catalog_url": ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+asyncpg"),
 }
@@ -559,7 +560,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
     source = str(config_path) if config_path else "environment"
     _yaml_path_var["path"] = config_path
     try:
-        return _remembered(Settings(**overrides))
+        settings = Settings(**overrides)
     except ValidationError as exc:
         key, value, msg = _describe(exc.errors()[0])
         env_key = "DATAPUNK_" + key.upper().replace(".", "__")
@@ -571,6 +572,10 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(key="config file", value=source, allowed=reason) from None
     finally:
         _yaml_path_var["path"] = None
+    # consul:// URLs become concrete here, once; imported late: cluster.consul needs us.
+    from cluster.consul import resolve_service_urls
+
+    return _remembered(resolve_service_urls(settings))
 
 
 def export_settings(settings: Settings) -> dict[str, Any]:

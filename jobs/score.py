@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -56,12 +55,17 @@ from actors.lake.schema import plan_write
 from actors.lake.service import LakeService, plain
 from actors.lake.specs import parse_table_name
 from cluster.console import console, key_value_table
-from cluster.errors import DatapunkError, InvalidInputError, PlatformStateError
+from cluster.errors import DatapunkError, InvalidInputError
 from cluster.logging import configure_logging
 from cluster.settings import Settings, load_settings
+from jobs import join_cluster
 
 READ_TASK_CPUS = 0.25
 MIN_ACTOR_CPUS = 0.25
+_NO_CLUSTER = (
+    "batch scoring needs a Ray cluster; start the platform with `datapunk up`, "
+    "or submit the job: ray job submit --working-dir . -- python -m jobs.score ..."
+)
 
 
 @dataclass(frozen=True)
@@ -164,30 +168,6 @@ def _rows_at(description: dict[str, Any], snapshot_id: int | None) -> int | None
 
 
 # ---- score (Ray) --------------------------------------------------------------------
-
-
-def connect(settings: Settings) -> None:
-    """Inside a Ray job (or with RAY_ADDRESS) join that cluster; else the running
-    platform's (``datapunk up``). Read here, at the entry point, never at import."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", log_to_driver=False)
-        return
-    from cluster import platform
-    from cluster.platform_state import PlatformState
-    from cluster.ray_runtime import port_open
-
-    state = PlatformState.load(settings.state_path)
-    host, _, port = (state.gcs_address if state else "").rpartition(":")
-    if state is None or not port_open(host, int(port)):
-        raise PlatformStateError(
-            "batch scoring needs a Ray cluster; start the platform with `datapunk up`, "
-            "or submit the job: ray job submit --working-dir . -- python -m jobs.score ..."
-        )
-    platform.connect(settings, state.gcs_address)
 
 
 def _device_and_actors(request: ScoreRequest) -> tuple[str, int]:
@@ -331,7 +311,7 @@ def score(settings: Settings, request: ScoreRequest, *, out: Console = console) 
             seconds=time.monotonic() - started,
             already=True,
         )
-    connect(settings)
+    join_cluster(settings, no_cluster=_NO_CLUSTER)
     out.print(
         f"scoring [bold]{request.table}[/] snapshot {plan.snapshot_id} with "
         f"[bold]{request.model}[/] v{plan.record['version']} into [bold]{request.output}[/] "

@@ -10,7 +10,6 @@ succeeded. Exits 2 on a typed error, naming what to fix.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from rich.table import Table
 from actors.forge.runner import run_training
 from actors.forge.spec import TrainSpec, load_train_spec
 from cluster.console import console, key_value_table
-from cluster.errors import DatapunkError, PlatformStateError
+from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
 from cluster.settings import Settings, load_settings
+from jobs import join_cluster
 
 
 class TrialProgress:
@@ -174,27 +174,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def connect(settings: Settings) -> None:
-    """Inside a Ray job (or with RAY_ADDRESS) join that cluster; else the running
-    platform's (``datapunk up``). Read here, at the entry point, never at import."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_ADDRESS"):
-        ray.init(address="auto", log_to_driver=False)
-        return
-    from cluster import platform
-    from cluster.platform_state import PlatformState
-    from cluster.ray_runtime import port_open
-
-    state = PlatformState.load(settings.state_path)
-    host, _, port = (state.gcs_address if state else "").rpartition(":")
-    if state is None or not port_open(host, int(port)):
-        raise PlatformStateError(
+    """Join the Ray job's cluster or the running platform's (``datapunk train`` calls
+    this too); raise ``PlatformStateError`` saying how to start one if there is none."""
+    join_cluster(
+        settings,
+        no_cluster=(
             "training needs a running platform (its Ray cluster); start it with "
             "`datapunk up`, or submit the spec as a Ray job"
-        )
-    platform.connect(settings, state.gcs_address)
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -8,43 +8,26 @@ A backend's test module subclasses ``AccountStoreContract`` and provides
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import head_revision, upgrade
+from cluster.db.engine import session_factory
 from cluster.errors import AuthenticationError, NotFoundError, PlatformStateError
 from cluster.security.keys import KeyStore
 from cluster.security.rbac import Role
 from cluster.security.session_store import SessionStore, new_session_id
 from cluster.security.user_store import UserStore
-from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 HASH = "$argon2id$v=19$m=1024,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
 
 
-class AccountStoreContract:
+class AccountStoreContract(PlatformDbContract):
     """What every platform-database backend must do for identities."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def users(self, engine: AsyncEngine, clock: FakeClock) -> UserStore:

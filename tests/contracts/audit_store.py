@@ -9,7 +9,6 @@ would do it; ``verify`` must name the first entry it broke.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -17,11 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import head_revision, upgrade
 from cluster.security.audit import AuditDraft
 from cluster.security.audit_store import AuditStore
 from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 APPENDERS = 6
 APPENDS_EACH = 8
@@ -47,23 +46,8 @@ def draft(n: int, clock: FakeClock, **fields: object) -> AuditDraft:
     return AuditDraft(**values)  # type: ignore[arg-type]
 
 
-class AuditStoreContract:
+class AuditStoreContract(PlatformDbContract):
     """What every platform-database backend must do for the audit log."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def store(self, engine: AsyncEngine, clock: FakeClock) -> AuditStore:

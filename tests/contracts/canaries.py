@@ -10,14 +10,10 @@ side get.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.forge.artifacts import ArtifactStore, artifacts_root
@@ -25,11 +21,12 @@ from actors.forge.canary import CanaryStateError
 from actors.forge.registry import ModelRegistry
 from cluster.db.engine import connect, create_engine
 from cluster.db.forge_store import RegistryStore
-from cluster.db.migrate import alembic_config, current_revision, head_revision, upgrade
+from cluster.db.migrate import current_revision, upgrade
 from cluster.errors import InvalidInputError, NotFoundError
 from cluster.settings import Settings
 from tests.clock import FakeClock
 from tests.contracts.forge_store import MODEL, register
+from tests.contracts.platform_db import PlatformDbContract, downgrade_to, table_names
 
 PROD = "production"
 CANARY_TABLES = {"model_canaries", "model_canary_events"}
@@ -40,34 +37,8 @@ def actions(events: list[dict[str, Any]]) -> list[tuple[str, int, float, int | N
     return [(e["action"], e["version"], e["percent"], e["alias_version"]) for e in events]
 
 
-def _tables(connection: Connection) -> set[str]:
-    return set(sa_inspect(connection).get_table_names())
-
-
-def _downgrade(connection: Connection, revision: str) -> set[str]:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
-    return _tables(connection)
-
-
-class CanaryContract:
+class CanaryContract(PlatformDbContract):
     """What canaries must do on every platform-database backend."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     async def registry(
@@ -323,8 +294,8 @@ class CanaryContract:
         engine = create_engine(db_settings)
         try:
             async with connect(engine, db_settings.platform_db_url()) as connection:
-                assert await connection.run_sync(_tables) >= CANARY_TABLES
-                after = await connection.run_sync(_downgrade, "0004")
+                assert await connection.run_sync(table_names) >= CANARY_TABLES
+                after = await connection.run_sync(downgrade_to, "0004")
                 await connection.commit()
         finally:
             await engine.dispose()

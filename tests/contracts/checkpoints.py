@@ -9,7 +9,6 @@ subclass provides ``db_settings``, settings whose platform database is fresh and
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from actors.stream.ports import CheckpointStore
 from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import head_revision, upgrade
 from cluster.db.stream_store import (
     SqlCheckpointStore,
     TopologyStore,
@@ -26,6 +24,7 @@ from cluster.db.stream_store import (
 from cluster.errors import InvalidInputError, NotFoundError, PlatformStateError
 from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 TOPOLOGY = "clicks"
 SPEC = {"source": {"kind": "rabbitmq", "queue": "clicks"}, "operators": [{"window": "1m"}]}
@@ -113,23 +112,8 @@ class CheckpointStoreContract:
         assert await checkpoints.latest(TOPOLOGY) == (1, payload)
 
 
-class StreamStoresContract(CheckpointStoreContract):
+class StreamStoresContract(PlatformDbContract, CheckpointStoreContract):
     """The SQL checkpoint store and the topology store on one platform-database backend."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def checkpoints(self, engine: AsyncEngine, clock: FakeClock) -> SqlCheckpointStore:

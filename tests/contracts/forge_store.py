@@ -9,7 +9,6 @@ artifacts in the test's data directory, so what is checked is what callers get.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,10 +19,10 @@ from actors.forge.artifacts import ArtifactIntegrityError, ArtifactStore, artifa
 from actors.forge.registry import ModelRegistry, registry_from_settings
 from cluster.db.engine import create_engine
 from cluster.db.forge_store import ForgeRunStore, RegistryStore, open_forge_stores
-from cluster.db.migrate import head_revision, upgrade
 from cluster.errors import InvalidInputError, NotFoundError, PlatformStateError
 from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 MODEL = "churn"
 SPEC = {"model": {"kind": "mlp", "hidden": [32]}, "data": {"table": "sales.orders"}}
@@ -78,23 +77,8 @@ def scores(by_version: dict[int, float]) -> Any:
     return evaluate
 
 
-class ForgeStoresContract:
+class ForgeStoresContract(PlatformDbContract):
     """What the run store and the registry must do on every platform-database backend."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def runs(self, engine: AsyncEngine, clock: FakeClock) -> ForgeRunStore:
@@ -430,6 +414,6 @@ class ForgeStoresContract:
                 1,
                 evaluate=evaluate,
                 metric="rmse",
-                mode="best",
-                actor="a",  # type: ignore[arg-type]
+                mode="best",  # type: ignore[arg-type]
+                actor="a",
             )

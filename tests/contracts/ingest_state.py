@@ -6,7 +6,6 @@ settings whose platform database is fresh and empty.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -15,10 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from actors.ingest.sources.base import InputRef, SourcePlan, encode_position
 from actors.ingest.state import IngestState, ReconcileResult, RunCounts, SqlIngestState
 from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import head_revision, upgrade
 from cluster.errors import InvalidInputError, NotFoundError, PlatformStateError
 from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 PIPELINE = "orders"
 
@@ -47,23 +46,8 @@ def messages_plan(*ids: str) -> SourcePlan:
     return SourcePlan(source="queue", kind="rabbitmq", refs=refs)
 
 
-class IngestStateContract:
+class IngestStateContract(PlatformDbContract):
     """What every platform-database backend must do for ingest bookkeeping."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def state(self, engine: AsyncEngine, clock: FakeClock) -> SqlIngestState:

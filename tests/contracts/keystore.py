@@ -7,13 +7,13 @@ settings whose platform database is fresh and empty.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cluster.db.engine import create_engine, session_factory
@@ -30,25 +30,11 @@ from cluster.security.principal import Principal
 from cluster.security.rbac import Role
 from cluster.settings import Settings
 from tests.clock import FakeClock
+from tests.contracts.platform_db import PlatformDbContract
 
 
-class KeyStoreContract:
+class KeyStoreContract(PlatformDbContract):
     """What every platform-database backend must do for API keys."""
-
-    @pytest.fixture
-    def db_settings(self) -> Settings:
-        raise NotImplementedError("a backend's test class provides db_settings")
-
-    @pytest.fixture
-    def clock(self) -> FakeClock:
-        return FakeClock()
-
-    @pytest.fixture
-    async def engine(self, db_settings: Settings) -> AsyncIterator[AsyncEngine]:
-        assert await upgrade(db_settings) == head_revision()
-        engine = create_engine(db_settings)
-        yield engine
-        await engine.dispose()
 
     @pytest.fixture
     def store(self, engine: AsyncEngine, clock: FakeClock) -> KeyStore:
@@ -63,7 +49,7 @@ class KeyStoreContract:
         assert await current_revision(db_settings) == head_revision()
 
     async def test_migrated_schema_matches_the_models(self, engine: AsyncEngine) -> None:
-        def diff(connection: object) -> list[object]:
+        def diff(connection: Connection) -> list[object]:
             return compare_metadata(
                 MigrationContext.configure(connection, opts={"compare_type": True}),
                 Base.metadata,

@@ -12,7 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -27,14 +26,10 @@ from actors.cortex.signature import ARROW_STREAM_MEDIA_TYPE
 from actors.forge.registry import registry_from_settings
 from actors.lake.errors import TableNotFoundError
 from actors.lake.service import LakeService
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
-from cluster.pools import start_pools, stop_pools
-from cluster.security.keys import KeyStore
-from cluster.settings import Settings, load_settings
+from cluster.settings import Settings
 from serve_apps import cortex, gateway
 from tests.cortex_serving_support import FEATURES, reference, register_tiny, rows, tiny_artifact
-from tests.ray.conftest import TEST_GATEWAY_PORT, TEST_NAMESPACE, TEST_SERVE_PORTS
+from tests.ray.serve_support import create_keys, deployed_apps, serve_settings
 
 GATEWAY_APP = "gateway-cortex-test"
 REFRESH_S = 0.2
@@ -63,24 +58,10 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
     return asyncio.run(go())
 
 
-async def _keys(settings: Settings) -> tuple[str, str]:
-    await upgrade(settings)
-    engine = create_engine(settings)
-    try:
-        store = KeyStore(session_factory(engine), now=lambda: datetime.now(UTC))
-        service, _ = await store.create(role="service", name="cortex test")
-        analyst, _ = await store.create(role="analyst", name="cortex test analyst")
-        return service, analyst
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    settings = load_settings(
-        data_dir=tmp_path_factory.mktemp("cortex"),
-        ray={"namespace": TEST_NAMESPACE},
-        gateway={"port": TEST_GATEWAY_PORT, **TEST_SERVE_PORTS},
+    settings = serve_settings(
+        tmp_path_factory.mktemp("cortex"),
         # Two replicas from the start: the kill test needs a survivor.
         cortex={
             "min_replicas": 2,
@@ -91,39 +72,12 @@ def served(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
             "batch_wait_timeout_s": 0.002,
         },
     )
-    key, analyst = asyncio.run(_keys(settings))
-    serve.start(http_options={"host": "127.0.0.1", "port": TEST_GATEWAY_PORT})
-    start_pools(settings)
-    serve.run(cortex.build(settings), name=cortex.CORTEX_APP, route_prefix=None)
-    serve.run(gateway.build(settings), name=GATEWAY_APP, route_prefix="/")
-    base = f"http://127.0.0.1:{TEST_GATEWAY_PORT}"
-    _wait_ready(base)
-    try:
+    key, analyst = asyncio.run(
+        create_keys(settings, ("service", "cortex test"), ("analyst", "cortex test analyst"))
+    )
+    apps = [(cortex.CORTEX_APP, cortex.build, None), (GATEWAY_APP, gateway.build, "/")]
+    with deployed_apps(settings, apps) as base:
         yield Served(settings, base, key, analyst)
-    finally:
-        # Each app's replicas drain for Serve's direct-ingress period: drain both at once.
-        serve.delete(GATEWAY_APP, _blocking=False)
-        serve.delete(cortex.CORTEX_APP)
-        _wait_gone(GATEWAY_APP)
-        stop_pools(settings)
-
-
-def _wait_gone(app: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while app in serve.status().applications and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
-def _wait_ready(base: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"gateway at {base} never became ready")
 
 
 def _model(served: Served, name: str, seeds: list[int], production: int = 1) -> None:

@@ -9,21 +9,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 import psutil
 import pytest
 import ray
-from ray import serve
 
-from cluster.db.engine import create_engine, session_factory
-from cluster.db.migrate import upgrade
-from cluster.pools import actor_name, start_pools, stop_pools
-from cluster.security.keys import KeyStore
-from cluster.settings import Settings, load_settings
+from cluster.pools import actor_name, start_pools
+from cluster.settings import Settings
 from serve_apps.gateway import build
-from tests.ray.conftest import TEST_GATEWAY_PORT, TEST_NAMESPACE, TEST_SERVE_PORTS
+from tests.ray.conftest import TEST_SERVE_PORTS
+from tests.ray.serve_support import bearer, create_keys, deployed_apps, serve_settings
 
 APP_NAME = "gateway-test"
 
@@ -36,59 +32,18 @@ class Deployed:
     analyst_key: str
 
 
-async def _keys(settings: Settings) -> tuple[str, str]:
-    await upgrade(settings)
-    engine = create_engine(settings)
-    try:
-        store = KeyStore(session_factory(engine), now=lambda: datetime.now(UTC))
-        admin, _ = await store.create(role="admin", name="test admin")
-        analyst, _ = await store.create(role="analyst", name="test analyst")
-        return admin, analyst
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture(scope="module")
 def deployed(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
-
-    settings = load_settings(
-        data_dir=tmp_path_factory.mktemp("gateway"),
-        ray={"namespace": TEST_NAMESPACE},
-        gateway={"port": TEST_GATEWAY_PORT, "auth_cache_ttl_s": 0.5, **TEST_SERVE_PORTS},
+    settings = serve_settings(tmp_path_factory.mktemp("gateway"), gateway={"auth_cache_ttl_s": 0.5})
+    admin, analyst = asyncio.run(
+        create_keys(settings, ("admin", "test admin"), ("analyst", "test analyst"))
     )
-    admin, analyst = asyncio.run(_keys(settings))
-    serve.start(http_options={"host": "127.0.0.1", "port": TEST_GATEWAY_PORT})
-    start_pools(settings)
-    serve.run(build(settings), name=APP_NAME, route_prefix="/", blocking=False)
-    base = f"http://127.0.0.1:{TEST_GATEWAY_PORT}"
-    _wait_ready(base)
-    try:
+    with deployed_apps(settings, [(APP_NAME, build, "/")]) as base:
         yield Deployed(settings, base, admin, analyst)
-    finally:
-        serve.delete(APP_NAME)
-        stop_pools(settings)
-
-
-def _wait_ready(base: str, timeout_s: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"gateway at {base} never became ready")
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def test_authenticated_call_succeeds_and_names_the_caller(deployed: Deployed) -> None:
-    reply = httpx.get(f"{deployed.base_url}/api/v1/whoami", headers=_bearer(deployed.admin_key))
+    reply = httpx.get(f"{deployed.base_url}/api/v1/whoami", headers=bearer(deployed.admin_key))
     assert reply.status_code == 200
     assert reply.json()["role"] == "admin"
 
@@ -120,8 +75,11 @@ def _replica_ports() -> list[int]:
     ports = set()
     for conn in psutil.net_connections(kind="tcp"):
         low = TEST_SERVE_PORTS["replica_port_min"]
-        if conn.status == psutil.CONN_LISTEN and low <= conn.laddr.port < low + 1000:
-            ports.add(conn.laddr.port)
+        # laddr is typed "addr or ()"; a listening TCP socket always has an address.
+        if conn.status == psutil.CONN_LISTEN and conn.laddr:
+            port = conn.laddr.port
+            if low <= port < low + 1000:
+                ports.add(port)
     return sorted(ports)
 
 
@@ -137,21 +95,21 @@ def test_a_replica_port_reached_directly_still_demands_a_key(deployed: Deployed)
         answered += 1
         assert refused.status_code == 401
         allowed = httpx.get(
-            f"http://127.0.0.1:{port}/api/v1/whoami", headers=_bearer(deployed.admin_key)
+            f"http://127.0.0.1:{port}/api/v1/whoami", headers=bearer(deployed.admin_key)
         )
         assert allowed.status_code == 200
     assert answered, f"no replica port among {ports} answered HTTP"
 
 
 def test_role_without_permission_gets_403(deployed: Deployed) -> None:
-    reply = httpx.get(f"{deployed.base_url}/api/v1/keys", headers=_bearer(deployed.analyst_key))
+    reply = httpx.get(f"{deployed.base_url}/api/v1/keys", headers=bearer(deployed.analyst_key))
     assert reply.status_code == 403
     assert "keys:manage" in reply.json()["error"]["message"]
 
 
 def test_platform_status_reports_pools_and_replicas(deployed: Deployed) -> None:
     reply = httpx.get(
-        f"{deployed.base_url}/api/v1/platform/status", headers=_bearer(deployed.analyst_key)
+        f"{deployed.base_url}/api/v1/platform/status", headers=bearer(deployed.analyst_key)
     )
     assert reply.status_code == 200
     body = reply.json()
@@ -171,7 +129,7 @@ def test_readyz_names_a_dead_pool_then_recovers(deployed: Deployed) -> None:
 
 
 def test_metrics_count_requests_by_route_template(deployed: Deployed) -> None:
-    httpx.get(f"{deployed.base_url}/api/v1/whoami", headers=_bearer(deployed.admin_key))
+    httpx.get(f"{deployed.base_url}/api/v1/whoami", headers=bearer(deployed.admin_key))
     text = httpx.get(f"{deployed.base_url}/metrics").text
     assert 'route="/api/v1/whoami"' in text
     assert "datapunk_gateway_request_duration_seconds_bucket" in text

@@ -7,17 +7,15 @@ import math
 from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection
 
 from actors.forge.artifacts import ArtifactIntegrityError, ArtifactStore, sha256
 from actors.forge.gate import gate
 from cluster.db.engine import connect, create_engine
-from cluster.db.migrate import alembic_config, ensure_schema, head_revision, upgrade
+from cluster.db.migrate import ensure_schema, head_revision, upgrade
 from cluster.errors import InvalidInputError
 from cluster.settings import Settings
 from tests.contracts.forge_store import ForgeStoresContract
+from tests.contracts.platform_db import downgrade_to, table_names
 
 NAN = math.nan
 FORGE_TABLES = {"forge_runs", "models", "model_versions", "model_aliases", "model_alias_history"}
@@ -85,17 +83,6 @@ def test_artifact_paths_stay_under_the_root(tmp_path: Path, relative: str) -> No
 # ---- migration 0004 -------------------------------------------------------------------
 
 
-def _tables(connection: Connection) -> set[str]:
-    return set(sa_inspect(connection).get_table_names())
-
-
-def _downgrade(connection: Connection, revision: str) -> set[str]:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
-    return _tables(connection)
-
-
 async def test_a_database_at_0003_gains_the_forge_tables_and_loses_them_down(
     data_dir: Path,
 ) -> None:
@@ -105,8 +92,8 @@ async def test_a_database_at_0003_gains_the_forge_tables_and_loses_them_down(
     engine = create_engine(settings)
     try:
         async with connect(engine, settings.platform_db_url()) as connection:
-            assert await connection.run_sync(_tables) >= FORGE_TABLES
-            after = await connection.run_sync(_downgrade, "0003")
+            assert await connection.run_sync(table_names) >= FORGE_TABLES
+            after = await connection.run_sync(downgrade_to, "0003")
             await connection.commit()
     finally:
         await engine.dispose()

@@ -5,15 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from alembic import command
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Connection
 
 from actors.stream.ports import CheckpointStore, InMemoryCheckpoints
 from cluster.db.engine import connect, create_engine
-from cluster.db.migrate import alembic_config, ensure_schema, head_revision, upgrade
+from cluster.db.migrate import ensure_schema, head_revision, upgrade
 from cluster.settings import Settings
 from tests.contracts.checkpoints import CheckpointStoreContract, StreamStoresContract
+from tests.contracts.platform_db import downgrade_to, table_names
 
 
 class TestInMemoryCheckpoints(CheckpointStoreContract):
@@ -28,17 +26,6 @@ class TestStreamStoresOnSqlite(StreamStoresContract):
         return Settings(data_dir=data_dir)
 
 
-def _tables(connection: Connection) -> set[str]:
-    return set(sa_inspect(connection).get_table_names())
-
-
-def _downgrade(connection: Connection, revision: str) -> set[str]:
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    command.downgrade(config, revision)
-    return _tables(connection)
-
-
 async def test_a_database_at_0002_gains_the_stream_tables_and_loses_them_down(
     data_dir: Path,
 ) -> None:
@@ -49,8 +36,8 @@ async def test_a_database_at_0002_gains_the_stream_tables_and_loses_them_down(
     engine = create_engine(settings)
     try:
         async with connect(engine, settings.platform_db_url()) as connection:
-            assert stream <= await connection.run_sync(_tables)
-            after = await connection.run_sync(_downgrade, "0002")
+            assert stream <= await connection.run_sync(table_names)
+            after = await connection.run_sync(downgrade_to, "0002")
             await connection.commit()
     finally:
         await engine.dispose()
