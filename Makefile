@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test check lint format typecheck bench up down status clean
+.PHONY: setup prometheus-tools demo test check lint format typecheck bench up down status clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11)"; exit 1; }
@@ -20,7 +20,15 @@ setup: $(STAMP) ## create .venv and install Datapunk with its dev tools
 demo: setup ## start the platform on embedded defaults and run the end-to-end demo
 	$(BIN)/python -m jobs.demo
 
-test: setup ## the whole suite: unit, Ray, integration, end-to-end, with coverage
+# Debian's Prometheus, promtool, Alertmanager and amtool for tests/unit/test_prometheus_config.py
+# and tests/e2e/test_metrics_prometheus.py; installed once per machine (needs root and apt).
+PROM_PACKAGES := prometheus prometheus-alertmanager
+prometheus-tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v amtool >/dev/null || \
+	  { export DEBIAN_FRONTEND=noninteractive; apt-get install -y --no-install-recommends $(PROM_PACKAGES) || \
+	    { apt-get update && apt-get install -y --no-install-recommends $(PROM_PACKAGES); }; }
+
+test: setup prometheus-tools ## the whole suite: unit, Ray, integration, end-to-end, with coverage
 	$(BIN)/python -m pytest -p no:cacheprovider --cov --cov-report=term:skip-covered tests
 
 lint: setup

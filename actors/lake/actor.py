@@ -11,6 +11,7 @@ from typing import Any
 import ray
 
 from actors.lake.core import LakeCore
+from actors.lake.metrics import LakeMetrics
 from actors.lake.service import LAKE_METHODS, LakeService
 from actors.shell import ServiceActorShell
 from cluster.errors import InvalidInputError
@@ -25,6 +26,7 @@ class LakeActor(ServiceActorShell):
         super().__init__(settings_values, index)
         assert isinstance(self.core, LakeCore)
         self.service = LakeService.with_cache(self.core)
+        self.metrics = LakeMetrics()
 
     async def call(self, method: str, request_id: str | None, *args: Any, **kwargs: Any) -> Any:
         """Run one ``LakeService`` method; errors travel back typed (they pickle)."""
@@ -34,6 +36,8 @@ class LakeActor(ServiceActorShell):
             )
         token = bind_request_id(request_id)
         try:
-            return await getattr(self.service, method)(*args, **kwargs)
+            result = await getattr(self.service, method)(*args, **kwargs)
+            self.metrics.record(method, args, kwargs, result)
+            return result
         finally:
             reset_request_id(token)

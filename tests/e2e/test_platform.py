@@ -279,8 +279,14 @@ def test_a_stream_takes_events_over_http_and_pushes_windows_to_subscribers(
         time.sleep(0.5)
     assert status["state"] == "running"
     assert status["queue"]["ready"] == 0
-    metrics = httpx.get(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=10).text
-    assert "datapunk_stream_events_total{" in metrics and 'topology="e2e_clicks"' in metrics
+    # Workers push their metrics to Ray's exporter every few seconds: poll, not one read.
+    deadline = time.monotonic() + 30
+    while True:
+        metrics = httpx.get(f"http://127.0.0.1:{PORTS['metrics']}/metrics", timeout=10).text
+        if "datapunk_stream_events_total{" in metrics and 'topology="e2e_clicks"' in metrics:
+            break
+        assert time.monotonic() < deadline, "no datapunk_stream_events_total for e2e_clicks"
+        time.sleep(1.0)
     tail = platform.datapunk("stream", "tail", "e2e_clicks", "--no-follow", "--json")
     assert tail.returncode == 0 and "per_10s" in tail.stdout, tail.stderr
     stopped = platform.datapunk("stream", "stop", "e2e_clicks")
