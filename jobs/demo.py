@@ -12,21 +12,21 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from datetime import UTC, datetime
 
 import httpx
-import yaml
 from rich.table import Table
 
 from cluster import platform
-from cluster.console import console, key_value_table, quiet_library_logs, stepper
+from cluster.console import console, quiet_library_logs, stepper
 from cluster.db.engine import create_engine, session_factory
 from cluster.errors import DatapunkError
 from cluster.logging import configure_logging
 from cluster.security.keys import KeyStore
 from cluster.settings import Settings, load_settings
+from jobs import demo_forge
+from jobs.demo_stream import stream_story
+from jobs.demo_summary import summary_table
 
 
 @dataclass(frozen=True)
@@ -104,55 +104,47 @@ def lake_story(base: str, token: str) -> tuple[Table, bool]:
     return table, len(then.json()) == 2 and sum(r["n"] for r in totals) == 4
 
 
-DEMO_STREAM = Path(__file__).resolve().parent.parent / "configs" / "streams" / "orders_live.yaml"
-
-
-def stream_story(base: str, token: str) -> tuple[Table, bool]:
-    """Deploy the example topology, push a batch of orders over HTTP, tail the windows."""
-    spec = yaml.safe_load(DEMO_STREAM.read_text())
-    spec.update(name="demo_orders", partitions=1, actor_cpus=0)
-    spec["sinks"] = [s for s in spec["sinks"] if s["kind"] != "lake" or s["from"] == "per_minute"]
-    for sink in spec["sinks"]:
-        if sink["kind"] == "lake":
-            sink["table"] = "stream.demo_orders_per_minute"
-    start = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
-    orders = [
-        {
-            "order_id": i,
-            "customer": f"c{i % 4}",
-            "status": "new",
-            "amount": float(20 + (i * 37) % 180),
-            "ts": (start + timedelta(seconds=3 * i)).isoformat(),
-        }
-        for i in range(200)  # ten minutes of event time
-    ]
-    auth = {"Authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=base, headers=auth, timeout=90) as client:
-        client.post("/api/v1/streams", params={"fresh": "true"}, json=spec).raise_for_status()
-        client.post("/api/v1/streams/demo_orders/events", json=orders).raise_for_status()
-        rows: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 60
-        while len(rows) < 4 * 9 and time.monotonic() < deadline:  # 9 closed minutes x 4
-            page = client.get(
-                "/api/v1/streams/demo_orders/tail",
-                params={"outputs": "per_minute", "timeout_s": 5},
-            ).json()
-            rows = [row for entry in page["entries"] for row in entry["rows"]]
-        client.delete("/api/v1/streams/demo_orders").raise_for_status()
-    table = Table(title="Stream: orders per customer per minute (event time)", header_style="bold")
-    for column in ("customer", "window start", "orders", "revenue (EUR)"):
-        table.add_column(column)
-    for row in sorted(rows, key=lambda r: (r["window_start"], r["customer"]))[:8]:
-        table.add_row(
-            row["customer"], row["window_start"], str(row["orders"]), f"{row['revenue_eur']:.2f}"
-        )
-    table.caption = f"{len(rows)} windows closed by the watermark (first 8 shown)"
-    return table, sum(r["orders"] for r in rows) > 0
+def model_story(settings: Settings, base: str, token: str) -> tuple[dict[str, str], bool]:
+    """Ingest -> Forge training with Tune -> promotion through the gate -> a prediction
+    from Cortex through the gateway with a ``service`` key. Returns summary rows, ok."""
+    results: dict[str, str] = {}
+    console.rule("[bold]Lake: ingest the diabetes dataset")
+    data = demo_forge.ingest_now(settings)
+    verb = "loaded" if data["created"] else "reused (already loaded)"
+    results["ingest"] = (
+        f"{data['table']}: {data['rows']} rows {verb}, snapshot {data['snapshot_id']}"
+    )
+    console.print(results["ingest"])
+    console.rule("[bold]Forge: training with Tune (ASHA)")
+    started = time.monotonic()
+    record = demo_forge.train(settings, demo_forge.demo_spec())
+    if record["state"] != "succeeded":
+        results["training"] = f"[red]{record['state']}[/]: {record.get('error')}"
+        return results, False
+    results["training"] = (
+        f"run {record['run_id']}: {record['model_name']} v{record['model_version']} "
+        f"in {time.monotonic() - started:.0f} s"
+    )
+    console.rule("[bold]Registry: promote to production through the gate")
+    decision = demo_forge.promote(base, token, record)
+    console.print(demo_forge.decision_table(decision))
+    serving = "promoted" if decision["promoted"] else "kept"
+    results["promotion"] = f"v{decision['candidate_version']} {serving}: {decision['why']}"
+    console.rule("[bold]Cortex: a prediction through the gateway")
+    service_key = asyncio.run(demo_forge.create_service_key(settings))
+    serving_version = int(
+        decision["candidate_version"] if decision["promoted"] else decision["incumbent_version"]
+    )
+    table, body = demo_forge.predict(base, service_key, serving_version)
+    console.print(table)
+    results["prediction"] = f"{body['model']} v{body['version']} (alias {body['alias']})"
+    return results, True
 
 
 def main() -> int:
     configure_logging("WARNING")
     quiet_library_logs()
+    began = time.monotonic()
     try:
         settings = load_settings()
         with stepper(7, "starting Datapunk") as step:
@@ -185,14 +177,26 @@ def main() -> int:
         lake_table, lake_ok = None, False
     if lake_table is not None:
         console.print(lake_table)
+    console.rule("[bold]Stream: windows and a pattern")
     try:
-        stream_table, stream_ok = stream_story(state.gateway_url, token)
-        console.print(stream_table)
+        stream_tables, stream_ok = stream_story(state.gateway_url, token)
+        for stream_table in stream_tables:
+            console.print(stream_table)
     except httpx.HTTPError as exc:
         console.print(f"[red]Stream step failed:[/] {exc}")
         stream_ok = False
-    ok = ok and lake_ok and stream_ok
-    console.print(key_value_table("open these", platform.urls(settings, state), ("what", "where")))
+    try:
+        results, model_ok = model_story(settings, state.gateway_url, token)
+    except (DatapunkError, httpx.HTTPError) as exc:
+        message = exc.message if isinstance(exc, DatapunkError) else str(exc)
+        console.print(f"[red]Model step failed:[/] {message}", highlight=False)
+        results, model_ok = {"model story": f"[red]failed[/]: {message}"}, False
+    story_ok = ok and lake_ok and stream_ok
+    ok = story_ok and model_ok
+    first = "[green]ok[/]" if story_ok else "[red]failed (see above)[/]"
+    results = {"gateway calls, Lake SQL + time travel, stream": first, **results}
+    results["elapsed"] = f"{time.monotonic() - began:.0f} s"
+    console.print(summary_table(settings, state, results))
     console.print("For Ray's own CLI:")
     console.print(platform.export_line(settings, state), highlight=False, soft_wrap=True)
     console.print("Stop everything with [bold]datapunk down[/] (or `make down`).")
