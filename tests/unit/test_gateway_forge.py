@@ -18,6 +18,7 @@ from cluster.errors import NotFoundError
 from cluster.security.rbac import Role
 from cluster.settings import Settings
 from serve_apps.gateway.asgi import GatewayDeps, create_app
+from serve_apps.gateway.forge_metrics import forge_counts
 from serve_apps.gateway.routes_forge import ForgeBackend
 from tests.clock import FakeClock
 from tests.unit.gateway_support import authenticator, client, error_of, key_store
@@ -184,3 +185,36 @@ async def test_the_ray_job_of_a_run_can_be_followed(api: Api) -> None:
         "/api/v1/forge/jobs/other", headers={"X-API-Key": api.keys[Role.ANALYST]}
     )
     assert unknown.status_code == 404
+
+
+async def test_metrics_count_runs_by_state_and_trials_by_status(api: Api) -> None:
+    # Training jobs exit and take their own metrics with them: the gateway publishes
+    # what the run store says.
+    spec = load_train_spec(SPEC)
+    await api.runs.start(
+        run_id_for(spec),
+        name="cancer",
+        spec=spec.model_dump(mode="json"),
+        config_hash=config_hash(spec),
+        experiment_path="/x",
+        lake_table="forge.cancer",
+        snapshot_id=7,
+    )
+    trials = [{"trial_id": "a", "status": "completed"}, {"trial_id": "b", "status": "stopped"}]
+    await api.runs.update(run_id_for(spec), state="succeeded", results={"trials": trials})
+    text = (await api.http.get("/metrics")).text
+    assert 'datapunk_forge_runs{state="succeeded"} 1.0' in text
+    assert 'datapunk_forge_trials{status="completed"} 1.0' in text
+    assert 'datapunk_forge_trials{status="stopped"} 1.0' in text
+
+
+def test_forge_counts_of_records() -> None:
+    runs = [
+        {"state": "running", "results": None},
+        {"state": "succeeded", "results": {"trials": [{"status": "completed"}] * 3}},
+        {"state": "failed", "results": {"trials": [{"status": "error"}, {}]}},
+    ]
+    assert forge_counts(runs) == (
+        {"running": 1, "succeeded": 1, "failed": 1},
+        {"completed": 3, "error": 1, "unknown": 1},
+    )
