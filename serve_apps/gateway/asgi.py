@@ -37,7 +37,7 @@ from cluster.security.rbac import permissions_of
 from serve_apps.gateway.audit_middleware import AuditMiddleware, register_audit_metrics
 from serve_apps.gateway.auth import permission, principal_dependency
 from serve_apps.gateway.decrypt import sensitive_router
-from serve_apps.gateway.forge_metrics import RECENT_RUNS, ForgeGauges
+from serve_apps.gateway.forge_metrics import RECENT_RUNS, forge_gauges
 from serve_apps.gateway.graphql import GraphQLLimits, graphql_router
 from serve_apps.gateway.metrics import GatewayMetrics
 from serve_apps.gateway.middleware import RequestContextMiddleware, error_body
@@ -170,10 +170,10 @@ def _health_routes(app: FastAPI, deps: GatewayDeps) -> None:
         }
         return JSONResponse(body, status_code=503)
 
-    forge_gauges = (
+    forge = (
         None
         if deps.forge is None
-        else ForgeGauges(deps.metrics.registry, partial(deps.forge.runs.list, RECENT_RUNS))
+        else forge_gauges(deps.metrics.registry, partial(deps.forge.runs.list, RECENT_RUNS))
     )
 
     @app.get(
@@ -183,8 +183,8 @@ def _health_routes(app: FastAPI, deps: GatewayDeps) -> None:
         response_class=PlainTextResponse,  # documented as text/plain, which it is
     )
     async def metrics() -> Response:
-        if forge_gauges is not None:
-            await forge_gauges.refresh()
+        if forge is not None:
+            await forge.refresh()
         return Response(deps.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

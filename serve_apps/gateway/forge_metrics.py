@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -82,3 +83,18 @@ class ForgeGauges:
             self.runs.labels(state=state).set(count)
         for status, count in trials.items():
             self.trials.labels(status=status).set(count)
+
+
+_ON_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, ForgeGauges] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def forge_gauges(registry: CollectorRegistry, source: RunsSource) -> ForgeGauges:
+    """The gauges on ``registry``, created once: an app rebuilt over the same metrics
+    registry (tests do) reads ``source`` through the gauges already registered."""
+    gauges = _ON_REGISTRY.get(registry)
+    if gauges is None:
+        gauges = _ON_REGISTRY[registry] = ForgeGauges(registry, source)
+    gauges._source = source
+    return gauges
