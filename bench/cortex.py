@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # `python bench/cortex.py`: make the bench packag
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._targets import Target, median, percentile
+from bench.gateway import create_admin_key
 from cluster import platform
 from cluster.console import console, stepper
 from cluster.errors import DatapunkError
@@ -199,19 +200,6 @@ def full_batch_compute_ms(artifact: bytes, batch: int) -> float:
     return median(times)
 
 
-async def admin_key(settings: Settings) -> str:
-    from cluster.db.engine import create_engine, session_factory
-    from cluster.security.keys import KeyStore
-
-    engine = create_engine(settings)
-    try:
-        store = KeyStore(session_factory(engine), now=lambda: datetime.now(UTC))
-        token, _ = await store.create(role="admin", name="bench admin", created_by="bench")
-        return token
-    finally:
-        await engine.dispose()
-
-
 # --- load -----------------------------------------------------------------------------
 
 
@@ -346,7 +334,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> tuple[list[Row], float, Set
     with console.status("migrating the platform DB, registering the model"):
         asyncio.run(platform.preflight(settings))
         artifact = asyncio.run(register_model(settings, args.hidden))
-        token = asyncio.run(admin_key(settings))
+        token = asyncio.run(create_admin_key(settings))
     compute_ms = full_batch_compute_ms(artifact, args.batch)
     console.print(f"one full batch ({args.batch} rows) computes in {compute_ms:.2f} ms here")
     try:

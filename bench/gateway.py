@@ -181,7 +181,7 @@ def platform_running(settings: Settings) -> Iterator[Target]:
             platform.down(settings)
 
 
-async def _create_admin_key(settings: Settings) -> str:
+async def create_admin_key(settings: Settings) -> str:
     engine = create_engine(settings)
     try:
         store = KeyStore(session_factory(engine), now=lambda: datetime.now(UTC))
@@ -195,7 +195,7 @@ def prepare_database(settings: Settings) -> str:
     """Migrate the private platform DB and mint the admin key both servers accept."""
     with console.status("migrating the benchmark's platform DB, creating an admin key"):
         asyncio.run(platform.preflight(settings))
-        return asyncio.run(_create_admin_key(settings))
+        return asyncio.run(create_admin_key(settings))
 
 
 # --- the uvicorn baseline ------------------------------------------------------------

@@ -37,11 +37,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def full_route_template(scope: Scope) -> str:
-    """The matched route's whole path template (``middleware.route_template``)."""
-    return route_template(scope)
-
-
 def _target(scope: Scope, state: Mapping[str, Any]) -> str | None:
     targets = state.get(AUDIT_TARGETS)
     if targets:
@@ -65,7 +60,7 @@ def audit_draft(scope: Scope, status: int, at: datetime) -> AuditDraft | None:
     return AuditDraft(
         at=at,
         method=method,
-        route=full_route_template(scope),
+        route=route_template(scope),
         status=status,
         outcome=outcome_of(status, denied),
         request_id=state.get("request_id"),

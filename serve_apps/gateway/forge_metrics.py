@@ -47,7 +47,7 @@ class ForgeGauges:
         ttl_s: float = 15.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._source = source
+        self.source = source
         self._ttl_s = ttl_s
         self._now = now
         self._read_at: float | None = None
@@ -72,7 +72,7 @@ class ForgeGauges:
             return
         self._read_at = now
         try:
-            runs = await self._source()
+            runs = await self.source()
         except Exception:
             logger.warning("forge metrics: the run store could not be read", exc_info=True)
             return
@@ -96,5 +96,5 @@ def forge_gauges(registry: CollectorRegistry, source: RunsSource) -> ForgeGauges
     gauges = _ON_REGISTRY.get(registry)
     if gauges is None:
         gauges = _ON_REGISTRY[registry] = ForgeGauges(registry, source)
-    gauges._source = source
+    gauges.source = source
     return gauges
